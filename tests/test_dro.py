@@ -1,0 +1,253 @@
+"""Tests for icon2.dro: tangent pieces, the worst-case LP and the reweighted DPO loss."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.optimize import OptimizeResult
+
+from icon2 import dro
+from icon2.dro import (
+    AffinePieces,
+    DROError,
+    WorstCase,
+    dro_pair_losses,
+    solve_in_groups,
+    solve_worst_case,
+    tangent_pieces,
+)
+
+EPS_GRID = (0.0, 0.01, 0.05, 0.2, 0.6)
+# Pieces with an increasing slope exercise the general branch of the LP (s >= |q|, q free).
+MIXED = AffinePieces(a=np.array([-3.0, -1.0, 0.5]), b=np.array([2.0, 1.2, 0.3]), t=np.zeros(3))
+
+
+def _envelope(y: np.ndarray, pieces: AffinePieces) -> np.ndarray:
+    return np.max(np.multiply.outer(y, pieces.a) + pieces.b, axis=-1)
+
+
+def _dual_value(xi: np.ndarray, eps: float, pieces: AffinePieces) -> float:
+    """inf_{λ>=0} λε + (1/N) Σ_i sup_{ξ∈[0,1]} [max_k ℓ_k(ξ) − λ|ξ − ξ_i|], evaluated exactly.
+
+    The inner sup of a piecewise-linear function sits at 0, 1, ξ_i or a kink (pairwise piece
+    crossings form a superset of kinks). As a function of λ each inner sup is a max of lines, so
+    the convex outer objective attains its minimum at λ = 0 or where two such lines cross.
+    """
+    a, b = pieces.a, pieces.b
+    kinks = [
+        (b[j] - b[i]) / (a[i] - a[j])
+        for i, j in itertools.combinations(range(a.size), 2)
+        if a[i] != a[j]
+    ]
+    base = np.array([0.0, 1.0, *[z for z in kinks if 0.0 <= z <= 1.0]])
+    heights, slopes = [], []  # line c: L(c) − λ|c − ξ_i|
+    for x in xi:
+        cand = np.append(base, x)
+        heights.append(_envelope(cand, pieces))
+        slopes.append(np.abs(cand - x))
+    lambdas = {0.0}
+    for h, d in zip(heights, slopes, strict=True):
+        for u, v in itertools.combinations(range(h.size), 2):
+            if d[u] != d[v]:
+                lam = (h[u] - h[v]) / (d[u] - d[v])
+                if lam >= 0:
+                    lambdas.add(float(lam))
+
+    def g(lam: float) -> float:
+        inner = [np.max(h - lam * d) for h, d in zip(heights, slopes, strict=True)]
+        return lam * eps + float(np.mean(inner))
+
+    return min(g(lam) for lam in lambdas)
+
+
+def _knapsack_value(xi: np.ndarray, eps: float, pieces: AffinePieces) -> float:
+    """Closed form for non-increasing pieces: move mass to ξ = 0, best gain per cost first."""
+    base = _envelope(xi, pieces)
+    top = float(_envelope(np.zeros(1), pieces)[0])
+    budget, gain = eps * xi.size, 0.0
+    pos = xi > 0
+    order = np.argsort(-(top - base[pos]) / xi[pos], kind="stable")
+    for cost, g in zip(xi[pos][order], (top - base[pos])[order], strict=True):
+        frac = min(1.0, budget / cost)
+        gain += frac * g
+        budget -= frac * cost
+        if budget <= 0:
+            break
+    return float(np.mean(base) + gain / xi.size)
+
+
+def _assert_feasible(sol: WorstCase, xi: np.ndarray, eps: float, tol: float = 1e-8) -> None:
+    n = xi.size
+    assert sol.alpha.shape == sol.q.shape == (n, sol.alpha.shape[1])
+    assert np.all(sol.alpha >= 0)
+    np.testing.assert_allclose(sol.alpha.sum(axis=1), 1.0, atol=tol)
+    assert np.abs(sol.q).sum() / n <= eps + tol
+    moved = sol.alpha * xi[:, None] - sol.q  # α ξ − q must lie in [0, α]
+    assert np.all(moved >= -tol)
+    assert np.all(moved <= sol.alpha + tol)
+
+
+def _primal_objective(sol: WorstCase, xi: np.ndarray, pieces: AffinePieces) -> float:
+    moved = sol.alpha * xi[:, None] - sol.q
+    return float(np.mean(np.sum(pieces.a * moved + pieces.b * sol.alpha, axis=1)))
+
+
+def test_tangent_pieces_minorise_and_touch_neg_log() -> None:
+    pieces = tangent_pieces(5, t_min=0.05)
+    assert pieces.t[0] == pytest.approx(0.05) and pieces.t[-1] == pytest.approx(1.0)
+    np.testing.assert_allclose(np.diff(np.log(pieces.t)), np.log(20.0) / 4)  # geometric
+    grid = np.linspace(1e-4, 1.0, 20001)
+    lines = np.multiply.outer(grid, pieces.a) + pieces.b
+    assert np.all(lines <= -np.log(grid)[:, None] + 1e-12)
+    np.testing.assert_allclose(pieces.a * pieces.t + pieces.b, -np.log(pieces.t), atol=1e-14)
+    np.testing.assert_allclose(pieces(pieces.t), -np.log(pieces.t), atol=1e-14)
+    assert tangent_pieces(1).a.shape == (1,)
+
+
+def test_eps_zero_is_plain_dpo() -> None:
+    rng = np.random.default_rng(0)
+    xi = rng.uniform(0.01, 0.99, size=64)
+    pieces = tangent_pieces(5)
+    sol = solve_worst_case(xi, 0.0, pieces)
+    assert np.all(sol.q == 0.0)
+    assert sol.value == pytest.approx(sol.empirical, abs=1e-8)
+    np.testing.assert_allclose(sol.shifted(xi), np.repeat(xi[:, None], 5, axis=1))
+    for dtype in (torch.float32, torch.float64):
+        delta = torch.randn(64, dtype=dtype, generator=torch.Generator().manual_seed(1)) * 4
+        d1 = delta.clone().requires_grad_(True)
+        d2 = delta.clone().requires_grad_(True)
+        loss = dro_pair_losses(d1, torch.from_numpy(sol.alpha), torch.from_numpy(sol.q))
+        ref = -F.logsigmoid(d2)
+        assert loss.dtype == dtype and torch.equal(loss, ref)
+        weights = torch.linspace(0.5, 2.0, 64, dtype=dtype)
+        (loss * weights).sum().backward()
+        (ref * weights).sum().backward()
+        assert d1.grad is not None and d2.grad is not None
+        assert torch.equal(d1.grad, d2.grad)
+
+
+@pytest.mark.parametrize("pieces", [tangent_pieces(5), tangent_pieces(3, 0.2), MIXED])
+@pytest.mark.parametrize("n", [3, 4, 6])
+def test_lp_matches_dual_and_is_feasible(pieces: AffinePieces, n: int) -> None:
+    rng = np.random.default_rng(100 + n)
+    for trial in range(3):
+        xi = rng.uniform(size=n)
+        if trial == 2:
+            xi[0], xi[-1] = 0.0, 1.0  # boundary points of Ξ
+        values = []
+        for eps in EPS_GRID:
+            sol = solve_worst_case(xi, eps, pieces)
+            _assert_feasible(sol, xi, eps)
+            assert sol.value == pytest.approx(_dual_value(xi, eps, pieces), rel=1e-6, abs=1e-9)
+            assert sol.value == pytest.approx(_primal_objective(sol, xi, pieces), abs=1e-8)
+            assert sol.empirical == pytest.approx(float(np.mean(_envelope(xi, pieces))))
+            assert sol.value >= sol.empirical - 1e-9
+            values.append(sol.value)
+        assert np.all(np.diff(values) >= -1e-9)
+
+
+def test_lp_matches_closed_form_on_larger_n() -> None:
+    rng = np.random.default_rng(7)
+    xi = rng.beta(2.0, 1.0, size=300)
+    pieces = tangent_pieces(5)
+    for eps in (0.005, 0.05, 0.3):
+        sol = solve_worst_case(xi, eps, pieces)
+        _assert_feasible(sol, xi, eps)
+        assert sol.value == pytest.approx(_knapsack_value(xi, eps, pieces), rel=1e-7)
+
+
+def test_worst_case_moves_mass_towards_small_xi() -> None:
+    rng = np.random.default_rng(3)
+    xi = rng.uniform(0.05, 0.95, size=50)
+    pieces = tangent_pieces(5)
+    for eps in (0.01, 0.05, 0.2):
+        sol = solve_worst_case(xi, eps, pieces)
+        shifted = sol.shifted(xi)
+        assert np.all((shifted >= 0) & (shifted <= 1))
+        assert np.all(shifted <= xi[:, None] + 1e-9)  # no copy moves up
+        mean_q = float(np.sum(sol.alpha * shifted) / xi.size)
+        assert mean_q < xi.mean() - 0.5 * eps  # budget is (nearly) spent moving mass down
+        assert sol.value > sol.empirical
+
+
+def test_dro_pair_losses_shifted_and_zero_alpha() -> None:
+    delta = torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    alpha = torch.tensor([[0.25, 0.75, 0.0], [1.0, 0.0, 0.0], [0.5, 0.0, 0.5]], dtype=torch.float64)
+    q = torch.tensor([[0.05, 0.0, 0.0], [0.0, 0.0, 0.0], [0.6, 0.0, 0.0]], dtype=torch.float64)
+    loss = dro_pair_losses(delta, alpha, q)
+    p = torch.sigmoid(delta.detach())
+    expected = torch.stack(
+        [
+            -0.25 * torch.log(p[0] - 0.2) - 0.75 * torch.log(p[0]),
+            -torch.log(p[1]),
+            -0.5 * np.log(1e-6) - 0.5 * torch.log(p[2]),  # σ(2) − 1.2 < 0 is clamped
+        ]
+    )
+    torch.testing.assert_close(loss.detach(), expected)
+    loss.sum().backward()
+    assert delta.grad is not None and torch.all(torch.isfinite(delta.grad))
+    assert delta.grad[0] < 0  # larger margin lowers the loss; shifted copies steepen the slope
+    assert delta.grad[0] < -(1 - p[0])
+
+
+def test_solve_in_groups() -> None:
+    rng = np.random.default_rng(5)
+    xi = rng.uniform(size=7)
+    pieces = tangent_pieces(4)
+    full = solve_worst_case(xi, 0.1, pieces)
+    one = solve_in_groups(xi, 0.1, pieces, group_size=10)
+    np.testing.assert_allclose(one.alpha, full.alpha)
+    np.testing.assert_allclose(one.q, full.q)
+    assert one.value == pytest.approx(full.value) and one.empirical == pytest.approx(full.empirical)
+
+    ragged = solve_in_groups(xi, 0.1, pieces, group_size=3)  # groups of 3, 3, 1
+    parts = [solve_worst_case(xi[s : s + 3], 0.1, pieces) for s in (0, 3, 6)]
+    np.testing.assert_allclose(ragged.alpha, np.concatenate([p.alpha for p in parts]))
+    np.testing.assert_allclose(ragged.q, np.concatenate([p.q for p in parts]))
+    assert ragged.value == pytest.approx(
+        (3 * parts[0].value + 3 * parts[1].value + parts[2].value) / 7
+    )
+    assert ragged.empirical == pytest.approx(full.empirical)
+    _assert_feasible(ragged, xi, 0.1)  # per-group budgets add up to the global one
+    assert ragged.value <= full.value + 1e-9
+    with pytest.raises(ValueError, match="group_size"):
+        solve_in_groups(xi, 0.1, pieces, group_size=0)
+
+
+def test_input_errors() -> None:
+    pieces = tangent_pieces(3)
+    with pytest.raises(ValueError, match="eps"):
+        solve_worst_case(np.array([0.5]), -0.1, pieces)
+    with pytest.raises(ValueError, match="eps"):
+        solve_in_groups(np.array([0.5]), -0.1, pieces, 2)
+    with pytest.raises(ValueError, match=r"xi\[2\]"):
+        solve_worst_case(np.array([0.1, 0.5, 1.5]), 0.05, pieces)
+    with pytest.raises(ValueError, match=r"xi\[0\]"):
+        solve_worst_case(np.array([-1e-3, 0.5]), 0.05, pieces)
+    with pytest.raises(ValueError, match=r"xi\[1\]"):
+        solve_worst_case(np.array([0.1, np.nan]), 0.05, pieces)
+    with pytest.raises(ValueError, match="non-empty"):
+        solve_worst_case(np.array([]), 0.05, pieces)
+    with pytest.raises(ValueError, match="1-D"):
+        solve_worst_case(np.full((2, 2), 0.5), 0.05, pieces)
+    with pytest.raises(ValueError, match="k"):
+        tangent_pieces(0)
+    for bad in (0.0, 1.0, -0.5):
+        with pytest.raises(ValueError, match="t_min"):
+            tangent_pieces(3, t_min=bad)
+
+
+def test_solver_failure_raises_dro_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(*args: object, **kwargs: object) -> OptimizeResult:
+        return OptimizeResult(status=2, x=None, fun=None, message="infeasible")
+
+    monkeypatch.setattr(dro, "linprog", failing)
+    with pytest.raises(DROError, match=r"'batch7'.*eps=0.05"):
+        solve_worst_case(np.array([0.5, 0.2]), 0.05, tangent_pieces(3), group="batch7")
+    with pytest.raises(DROError, match=r"'0:2'"):
+        solve_in_groups(np.array([0.5, 0.2, 0.9]), 0.05, tangent_pieces(3), group_size=2)
+    assert issubclass(DROError, ValueError)
