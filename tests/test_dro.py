@@ -30,12 +30,13 @@ def _envelope(y: np.ndarray, pieces: AffinePieces) -> np.ndarray:
     return np.max(np.multiply.outer(y, pieces.a) + pieces.b, axis=-1)
 
 
-def _dual_value(xi: np.ndarray, eps: float, pieces: AffinePieces) -> float:
-    """inf_{λ>=0} λε + (1/N) Σ_i sup_{ξ∈[0,1]} [max_k ℓ_k(ξ) − λ|ξ − ξ_i|], evaluated exactly.
+def _dual_value(xi: np.ndarray, eps: float, pieces: AffinePieces, lo: float = 0.0) -> float:
+    """inf_{λ>=0} λε + (1/N) Σ_i sup_{ξ∈[lo,1]} [max_k ℓ_k(ξ) − λ|ξ − ξ_i|], evaluated exactly.
 
-    The inner sup of a piecewise-linear function sits at 0, 1, ξ_i or a kink (pairwise piece
+    The inner sup of a piecewise-linear function sits at lo, 1, ξ_i or a kink (pairwise piece
     crossings form a superset of kinks). As a function of λ each inner sup is a max of lines, so
     the convex outer objective attains its minimum at λ = 0 or where two such lines cross.
+    All ξ_i must already lie in [lo, 1].
     """
     a, b = pieces.a, pieces.b
     kinks = [
@@ -43,7 +44,7 @@ def _dual_value(xi: np.ndarray, eps: float, pieces: AffinePieces) -> float:
         for i, j in itertools.combinations(range(a.size), 2)
         if a[i] != a[j]
     ]
-    base = np.array([0.0, 1.0, *[z for z in kinks if 0.0 <= z <= 1.0]])
+    base = np.array([lo, 1.0, *[z for z in kinks if lo <= z <= 1.0]])
     heights, slopes = [], []  # line c: L(c) − λ|c − ξ_i|
     for x in xi:
         cand = np.append(base, x)
@@ -80,14 +81,16 @@ def _knapsack_value(xi: np.ndarray, eps: float, pieces: AffinePieces) -> float:
     return float(np.mean(base) + gain / xi.size)
 
 
-def _assert_feasible(sol: WorstCase, xi: np.ndarray, eps: float, tol: float = 1e-8) -> None:
+def _assert_feasible(
+    sol: WorstCase, xi: np.ndarray, eps: float, tol: float = 1e-8, lo: float = 0.0
+) -> None:
     n = xi.size
     assert sol.alpha.shape == sol.q.shape == (n, sol.alpha.shape[1])
     assert np.all(sol.alpha >= 0)
     np.testing.assert_allclose(sol.alpha.sum(axis=1), 1.0, atol=tol)
     assert np.abs(sol.q).sum() / n <= eps + tol
-    moved = sol.alpha * xi[:, None] - sol.q  # α ξ − q must lie in [0, α]
-    assert np.all(moved >= -tol)
+    moved = sol.alpha * xi[:, None] - sol.q  # α ξ − q must lie in [α lo, α]
+    assert np.all(moved >= sol.alpha * lo - tol)
     assert np.all(moved <= sol.alpha + tol)
 
 
@@ -216,6 +219,63 @@ def test_solve_in_groups() -> None:
     assert ragged.value <= full.value + 1e-9
     with pytest.raises(ValueError, match="group_size"):
         solve_in_groups(xi, 0.1, pieces, group_size=0)
+
+
+@pytest.mark.parametrize("pieces", [tangent_pieces(5), MIXED])
+def test_support_min_keeps_shifted_points_above_floor(pieces: AffinePieces) -> None:
+    rng = np.random.default_rng(11)
+    lo = 0.05
+    xi = np.concatenate([[0.0, 0.01, lo, 1.0], rng.uniform(size=4)])  # some below the floor
+    raised = np.maximum(xi, lo)
+    for eps in EPS_GRID:
+        sol = solve_worst_case(xi, eps, pieces, support_min=lo)
+        assert sol.support_min == lo
+        # Feasible for the LP over Ξ = [lo, 1] around the raised empirical points ...
+        _assert_feasible(sol, raised, eps, lo=lo)
+        # ... with shifts that never take a copy below the floor, not even before clipping.
+        pos = sol.alpha > 0
+        raw = raised[:, None] - np.divide(sol.q, sol.alpha, out=np.zeros_like(sol.q), where=pos)
+        assert np.all(raw[pos] >= lo - 1e-7)
+        assert np.all(sol.shifted(xi) >= lo)
+        # Strong duality still holds once the dual's support is [lo, 1] as well.
+        assert sol.value == pytest.approx(_dual_value(raised, eps, pieces, lo), rel=1e-6, abs=1e-9)
+        assert sol.value == pytest.approx(_primal_objective(sol, raised, pieces), abs=1e-8)
+        assert sol.empirical == pytest.approx(float(np.mean(_envelope(raised, pieces))))
+        grouped = solve_in_groups(xi, eps, pieces, group_size=3, support_min=lo)
+        assert grouped.support_min == lo
+        assert np.all(grouped.shifted(xi) >= lo)
+    # support_min = 0 is the old behaviour.
+    default, zero = (
+        solve_worst_case(xi, 0.2, pieces),
+        solve_worst_case(xi, 0.2, pieces, support_min=0.0),
+    )
+    np.testing.assert_array_equal(default.alpha, zero.alpha)
+    np.testing.assert_array_equal(default.q, zero.q)
+    for bad in (-0.1, 1.0, np.nan):
+        with pytest.raises(ValueError, match="support_min"):
+            solve_worst_case(xi, 0.1, pieces, support_min=bad)
+        with pytest.raises(ValueError, match="support_min"):
+            solve_in_groups(xi, 0.1, pieces, 4, support_min=bad)
+
+
+def test_support_min_gives_moved_pairs_a_gradient() -> None:
+    """The flaw support_min fixes: copies moved to ξ = 0 sit on the clamp and get no gradient."""
+    delta = torch.tensor([-2.0, -1.5, 0.5, 1.0, 2.0, 3.0], dtype=torch.float64)
+    xi = torch.sigmoid(delta).numpy()
+    pieces = tangent_pieces(5)
+    grads = {}
+    for lo in (0.0, 0.05):
+        sol = solve_worst_case(xi, 0.05, pieces, support_min=lo)
+        d = delta.clone().requires_grad_(True)
+        dro_pair_losses(d, torch.from_numpy(sol.alpha), torch.from_numpy(sol.q)).sum().backward()
+        assert d.grad is not None
+        grads[lo] = d.grad
+    plain = torch.sigmoid(delta) - 1.0  # d/dΔ of −log σ(Δ)
+    # With Ξ = [0, 1] the least confident pair is moved to ξ = 0 entirely: its gradient vanishes.
+    assert grads[0.0][0] == 0.0
+    # With a floor it keeps a gradient, steeper than plain DPO's (it is up-weighted).
+    assert torch.all(torch.isfinite(grads[0.05]))
+    assert grads[0.05][0] < plain[0] < 0
 
 
 def test_input_errors() -> None:

@@ -11,9 +11,7 @@ def _quick_start_commands() -> list[str]:
     text = (REPO / "README.md").read_text()
     section = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     return [
-        line.strip()
-        for line in section.splitlines()
-        if line.strip().startswith("python3 -m venv")
+        line.strip() for line in section.splitlines() if line.strip().startswith("python3 -m venv")
     ]
 
 

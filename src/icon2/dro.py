@@ -3,6 +3,11 @@
 Pair i has ξ_i = σ(Δ_i) ∈ [0, 1] and loss −log ξ_i. With −log minorised by K tangents, the
 worst case over a 1-Wasserstein ball of radius ε (Mohajerin Esfahani & Kuhn, 2018) is an LP whose
 solution splits each pair into K weighted, shifted copies; training minimises DPO under it.
+
+The support is Ξ = [support_min, 1]. With support_min = 0 the worst case moves the least
+confident pairs all the way to ξ = 0, where −log clamp(σ(Δ) − q/α) sits on its clamp and gives
+no gradient at all, the opposite of up-weighting confusing pairs. A small positive floor keeps
+every shifted copy at a finite, steeper point of −log.
 """
 
 from __future__ import annotations
@@ -66,8 +71,10 @@ class WorstCase:
         alpha: Copy weights α_ik, shape [N, K]; rows sum to 1.
         q: Mass-weighted shifts q_ik, shape [N, K]; copy k of pair i sits at ξ_i − q_ik/α_ik.
         value: LP optimum, the worst-case expected (piecewise-linear) loss.
-        empirical: (1/N) Σ_i max_k ℓ_k(ξ_i), the loss under the empirical distribution.
+        empirical: (1/N) Σ_i max_k ℓ_k(ξ_i), the loss under the empirical distribution (of the
+            ξ raised to ``support_min``).
         eps: Wasserstein radius used.
+        support_min: Lower end of the support Ξ = [support_min, 1].
     """
 
     alpha: FloatArray
@@ -75,16 +82,19 @@ class WorstCase:
     value: float
     empirical: float
     eps: float
+    support_min: float = 0.0
 
     def shifted(self, xi: FloatArray) -> FloatArray:
-        """Support points ξ_i − q_ik/α_ik of Q, shape [N, K] (ξ_i where α_ik = 0).
+        """Support points max(ξ_i, support_min) − q_ik/α_ik of Q, shape [N, K].
 
-        Clipped to [0, 1]: the LP meets the support constraint only up to solver tolerance.
+        Copies with α_ik = 0 stay at max(ξ_i, support_min). The result is clipped to
+        [support_min, 1]: the LP meets the support constraint only up to solver tolerance.
         """
-        xi_col = np.asarray(xi, dtype=np.float64)[:, None]
+        lo = self.support_min
+        xi_col = np.maximum(np.asarray(xi, dtype=np.float64), lo)[:, None]
         pos = self.alpha > 0
         shift = np.divide(self.q, self.alpha, out=np.zeros_like(self.q), where=pos)
-        return np.asarray(np.clip(xi_col - shift, 0.0, 1.0))
+        return np.asarray(np.clip(xi_col - shift, lo, 1.0))
 
 
 class DROError(ValueError):
@@ -107,10 +117,18 @@ def _check_eps(eps: float) -> None:
         raise ValueError(f"eps must be >= 0, got {eps}")
 
 
+def _check_support_min(support_min: float) -> None:
+    if not 0.0 <= support_min < 1.0:  # also catches NaN
+        raise ValueError(f"support_min must lie in [0, 1), got {support_min}")
+
+
 def _build_lp(
-    x: FloatArray, eps: float, pieces: AffinePieces
+    x: FloatArray, eps: float, pieces: AffinePieces, support_min: float
 ) -> tuple[FloatArray, sp.csr_matrix, FloatArray, sp.csr_matrix, FloatArray]:
-    """LP data (c, A_ub, b_ub, A_eq, bounds) over variables [α, q, (s)], row-major in (i, k)."""
+    """LP data (c, A_ub, b_ub, A_eq, bounds) over variables [α, q, (s)], row-major in (i, k).
+
+    ``x`` must already lie in the support [support_min, 1].
+    """
     n, k = x.size, pieces.a.size
     nk = n * k
     xr = np.repeat(x, k)  # ξ_i repeated for each piece
@@ -118,12 +136,14 @@ def _build_lp(
     eye = sp.identity(nk, format="csr")
     # If no piece increases, shifting mass upwards (q < 0) only spends budget, so q >= 0 loses
     # nothing. Then |q| = q, the s variables and the "shifted point <= 1" rows are redundant;
-    # dropping them makes HiGHS ~4x faster (N = 1000: ~0.2 s instead of ~0.75 s).
+    # dropping them makes HiGHS ~4x faster (N = 1000: ~0.2 s instead of ~0.75 s). The argument
+    # does not involve the lower end of the support, so it holds for any support_min.
     mono = bool(np.all(pieces.a <= 0))
     # Objective a_k(α ξ_i − q) + b_k α, negated because linprog minimises. It is kept as a sum,
     # not a mean: dividing by N would shrink costs towards HiGHS's tolerances.
     c = [-(a * xr + np.tile(pieces.b, n)), a]
-    rows = [sp.hstack([sp.diags(-xr), eye])]  # α ξ − q >= 0 (shifted point >= 0)
+    # α (ξ − support_min) − q >= 0 (shifted point >= support_min)
+    rows = [sp.hstack([sp.diags(support_min - xr), eye])]
     lo = [np.zeros(nk), np.zeros(nk) if mono else np.full(nk, -np.inf)]
     if not mono:
         z = sp.csr_matrix((nk, nk))
@@ -147,7 +167,12 @@ def _build_lp(
 
 
 def solve_worst_case(
-    xi: FloatArray, eps: float, pieces: AffinePieces, *, group: str = "all"
+    xi: FloatArray,
+    eps: float,
+    pieces: AffinePieces,
+    *,
+    group: str = "all",
+    support_min: float = 0.0,
 ) -> WorstCase:
     """Solve the worst-case LP over the ε-Wasserstein ball around the empirical ξ.
 
@@ -159,18 +184,23 @@ def solve_worst_case(
         eps: Wasserstein radius (average transport budget per pair), >= 0.
         pieces: Affine minorants of −log.
         group: Label used in error messages.
+        support_min: Lower end of the support Ξ = [support_min, 1], in [0, 1). ξ below it is
+            raised to it before solving, so such pairs cannot be shifted further down.
 
     Returns:
         The worst-case solution (``value`` is the per-pair mean).
 
     Raises:
-        ValueError: If ``xi`` or ``eps`` is invalid.
+        ValueError: If ``xi``, ``eps`` or ``support_min`` is invalid.
         DROError: If the LP solve does not succeed.
     """
     x = _check_xi(xi)
     _check_eps(eps)
+    _check_support_min(support_min)
+    # The empirical distribution must lie in Ξ for the ball around it to be well defined.
+    x = np.maximum(x, support_min)
     n, k = x.size, pieces.a.size
-    c, a_ub, b_ub, a_eq, bounds = _build_lp(x, eps, pieces)
+    c, a_ub, b_ub, a_eq, bounds = _build_lp(x, eps, pieces, support_min)
     res = linprog(
         c, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=np.ones(n), bounds=bounds, method="highs"
     )
@@ -184,11 +214,23 @@ def solve_worst_case(
     # With α = 0 the support constraint forces q = 0; zero it exactly to drop solver noise.
     q = np.where(alpha > 0, res.x[n * k : 2 * n * k].reshape(n, k), 0.0)
     return WorstCase(
-        alpha=alpha, q=q, value=float(-res.fun) / n, empirical=float(np.mean(pieces(x))), eps=eps
+        alpha=alpha,
+        q=q,
+        value=float(-res.fun) / n,
+        empirical=float(np.mean(pieces(x))),
+        eps=eps,
+        support_min=support_min,
     )
 
 
-def solve_in_groups(xi: FloatArray, eps: float, pieces: AffinePieces, group_size: int) -> WorstCase:
+def solve_in_groups(
+    xi: FloatArray,
+    eps: float,
+    pieces: AffinePieces,
+    group_size: int,
+    *,
+    support_min: float = 0.0,
+) -> WorstCase:
     """Solve the LP independently on consecutive groups of pairs.
 
     Each group gets the same per-pair budget ε, so the result is a feasible (though in general
@@ -199,6 +241,7 @@ def solve_in_groups(xi: FloatArray, eps: float, pieces: AffinePieces, group_size
         eps: Wasserstein radius, applied to every group, >= 0.
         pieces: Affine minorants of −log.
         group_size: Pairs per group (>= 1); the last group may be smaller.
+        support_min: Lower end of the support, as for ``solve_worst_case``.
 
     Returns:
         Concatenated solution; ``value`` and ``empirical`` are group-size-weighted means.
@@ -209,11 +252,16 @@ def solve_in_groups(xi: FloatArray, eps: float, pieces: AffinePieces, group_size
     """
     x = _check_xi(xi)
     _check_eps(eps)
+    _check_support_min(support_min)
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
     parts = [
         solve_worst_case(
-            x[s : s + group_size], eps, pieces, group=f"{s}:{min(s + group_size, x.size)}"
+            x[s : s + group_size],
+            eps,
+            pieces,
+            group=f"{s}:{min(s + group_size, x.size)}",
+            support_min=support_min,
         )
         for s in range(0, x.size, group_size)
     ]
@@ -224,6 +272,7 @@ def solve_in_groups(xi: FloatArray, eps: float, pieces: AffinePieces, group_size
         value=float(np.dot(sizes, [p.value for p in parts]) / x.size),
         empirical=float(np.dot(sizes, [p.empirical for p in parts]) / x.size),
         eps=eps,
+        support_min=support_min,
     )
 
 

@@ -66,15 +66,90 @@ class DirectionsParams(_Section):
         return self
 
 
-SECTIONS: dict[str, type[_Section]] = {
-    "base": BaseParams,
-    "directions": DirectionsParams,
-}
+class SynthesizeParams(_Section):
+    """A2: Magpie-style self-synthesis from the pre-query template, then cleaning."""
+
+    source: Literal["model", "file"] = "model"
+    # Used when source == "file": JSONL/Parquet with an `instruction` column.
+    file: str = "data/features.jsonl"
+    count: int = Field(160, ge=1)
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(32, ge=1)
+    seed: int | None = Field(None, ge=0)  # null = base.seed
+    # null = derived from the model's chat template (cut before a sentinel user message).
+    pre_query_template: str | None = None
+    stop_at_newline: bool = False
+    min_chars: int = Field(12, ge=1)
+    max_chars: int = Field(400, ge=1)
+    near_dup_threshold: float | None = Field(None, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> SynthesizeParams:
+        if self.max_chars < self.min_chars:
+            raise ValueError(
+                f"max_chars: must be >= min_chars={self.min_chars} (got {self.max_chars})"
+            )
+        return self
+
+
+class ScoreParams(_Section):
+    """A3: layer-mean projection of each instruction's state on each direction."""
+
+    layers: list[int] | None = None  # null = every layer in the directions file
+    standardise: bool = True
+    batch_size: int = Field(32, ge=1)
+
+
+class FilterParams(_Section):
+    rule: Literal["threshold", "top_k", "top_fraction"] = "top_fraction"
+    value: float = 0.5
+    min_margin: float | None = None
+    validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _check_value(self) -> FilterParams:
+        if self.rule == "top_fraction" and not 0.0 < self.value <= 1.0:
+            raise ValueError(f"value: top_fraction needs 0 < value <= 1 (got {self.value})")
+        if self.rule == "top_k" and (self.value < 1 or self.value != int(self.value)):
+            raise ValueError(f"value: top_k needs a whole number >= 1 (got {self.value})")
+        return self
+
+
+class PairsParams(_Section):
+    """A4: chosen = +γ⁺, rejected = γ⁻ along the instruction's own criterion."""
+
+    gamma_pos: float = 0.1
+    gamma_neg: float = -0.05
+    allow_any_sign: bool = False
+    # What γ = 1 means per layer; see icon2.steering.layer_scale.
+    gamma_scale: Literal["contrastive_norm", "hidden_norm", "unit"] = "contrastive_norm"
+    layers: list[int] | None = None  # null = the middle third of the model's layers
+    max_instructions: int | None = Field(None, ge=1)
+    max_new_tokens: int = Field(192, ge=1)
+    temperature: float = Field(0.0, ge=0.0)  # 0 = greedy
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(1.1, gt=0.0)
+    batch_size: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _check_signs(self) -> PairsParams:
+        hint = "; set pairs.allow_any_sign: true to allow it"
+        if not self.allow_any_sign and self.gamma_pos <= 0:
+            raise ValueError(f"gamma_pos: must be > 0 (got {self.gamma_pos}){hint}")
+        if not self.allow_any_sign and self.gamma_neg >= 0:
+            raise ValueError(f"gamma_neg: must be < 0 (got {self.gamma_neg}){hint}")
+        return self
 
 
 class Params(_Section):
     base: BaseParams = BaseParams()
     directions: DirectionsParams
+    synthesize: SynthesizeParams = SynthesizeParams()
+    score: ScoreParams = ScoreParams()
+    filter: FilterParams = FilterParams()
+    pairs: PairsParams = PairsParams()
 
 
 def _format_error(path: Path, err: ValidationError) -> str:
@@ -84,6 +159,12 @@ def _format_error(path: Path, err: ValidationError) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif e["type"] == "value_error":
+            # Section validators raise "field: message"; report it as section.field.
+            msg = msg.removeprefix("Value error, ")
+            field, sep, rest = msg.partition(": ")
+            if sep and field.isidentifier():
+                key, msg = f"{key}.{field}", rest
         elif "input" in e and e["type"] != "missing":
             msg = f"{msg} (got {e['input']!r})"
         lines.append(f"{path}: {key}: {msg}")

@@ -64,6 +64,7 @@ def build_tiny_model(
     hidden_size: int = 64,
     seed: int = 0,
     chat_template: str | None = TINY_TEMPLATE,
+    eot_scale: float = 6.0,
 ) -> Path:
     """Write a random tiny Llama chat model (weights + tokenizer) to ``out_dir``."""
     tokenizer = build_tokenizer()
@@ -89,6 +90,9 @@ def build_tiny_model(
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 0.08)
+        # A long end-of-turn row makes the random model end turns now and then, so tests
+        # of stop handling, truncation and pair filtering see both outcomes.
+        model.lm_head.weight[tokenizer.eos_token_id] *= eot_scale
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     out_dir.mkdir(parents=True, exist_ok=True)

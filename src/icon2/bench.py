@@ -1,0 +1,117 @@
+"""Benchmarks, measured in one run and printed as ratios and rates (never asserted in tests).
+
+    python -m icon2.bench generation   # steered vs unsteered time, pair-generation tokens/s
+    python -m icon2.bench scoring      # batched vs one-at-a-time consistency reads
+
+Both use the ``model`` stage's output and ``directions.safetensors`` (run ``dvc repro
+directions`` first), or ``--tiny`` for a random tiny model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+
+from icon2 import direction_file
+from icon2.chat import end_of_turn_ids, pre_query_template, render_prompt
+from icon2.generation import HFBackend, Sampling
+from icon2.hidden import last_token_states
+from icon2.io import read_instructions
+from icon2.models import load_local
+from icon2.steering import middle_third, steering_vectors
+
+app = typer.Typer(add_completion=False, help=__doc__)
+ModelDir = Annotated[Path, typer.Option(help="Output of the model stage.")]
+Directions = Annotated[Path, typer.Option(help="directions.safetensors.")]
+Features = Annotated[Path, typer.Option(help="Prompts to use (instruction column).")]
+
+
+def _timed(fn: Any, repeats: int) -> float:
+    """Best of ``repeats`` wall times (the least disturbed by other load)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+@app.command()
+def generation(
+    model_dir: ModelDir = Path("data/model"),
+    directions: Directions = Path("data/directions/directions.safetensors"),
+    features: Features = Path("data/features.jsonl"),
+    prompts: int = 16,
+    new_tokens: int = 64,
+    batch_size: int = 16,
+    repeats: int = 3,
+) -> None:
+    """Steered vs unsteered generation time on identical prompts and token counts."""
+    model, tok, card = load_local(model_dir)
+    dfile = direction_file.load(directions)
+    texts = [render_prompt(tok, q) for q in read_instructions(features)[:prompts]]
+    backend = HFBackend(model, tok, stop_ids=end_of_turn_ids(tok), batch_size=batch_size)
+    # ignore_eos: both runs generate exactly new_tokens per row, so only the hooks differ.
+    s = Sampling(max_new_tokens=new_tokens, ignore_eos=True)
+    layers = middle_third(card["num_layers"])
+    vecs = steering_vectors(
+        dfile, ["general"] * len(texts), [0.1] * len(texts), layers, "contrastive_norm"
+    )
+    backend.generate(texts[:2], Sampling(max_new_tokens=4))  # warm-up
+    plain = _timed(lambda: backend.generate(texts, s), repeats)
+    steered = _timed(lambda: backend.generate(texts, s, vectors=vecs), repeats)
+    tokens = len(texts) * new_tokens
+    _report(
+        {
+            "device": str(next(model.parameters()).device),
+            "threads": torch.get_num_threads(),
+            "prompts": len(texts),
+            "new_tokens_per_prompt": new_tokens,
+            "batch_size": batch_size,
+            "unsteered_s": round(plain, 3),
+            "steered_s": round(steered, 3),
+            "steered_over_unsteered": round(steered / plain, 4),
+            "pair_generation_tokens_per_s": round(tokens / steered, 1),
+        }
+    )
+
+
+@app.command()
+def scoring(
+    model_dir: ModelDir = Path("data/model"),
+    features: Features = Path("data/features.jsonl"),
+    instructions: int = 128,
+    batch_size: int = 32,
+) -> None:
+    """Consistency-read throughput: batched + shared prefix vs one prompt at a time."""
+    model, tok, _ = load_local(model_dir)
+    texts = [render_prompt(tok, q) for q in read_instructions(features)[:instructions]]
+    prefix = pre_query_template(tok)
+    last_token_states(model, tok, texts[:2])  # warm-up
+    batched = _timed(
+        lambda: last_token_states(model, tok, texts, batch_size=batch_size, shared_prefix=prefix), 1
+    )
+    n_single = min(len(texts), 32)
+    single = _timed(lambda: [last_token_states(model, tok, [t]) for t in texts[:n_single]], 1)
+    _report(
+        {
+            "instructions": len(texts),
+            "batch_size": batch_size,
+            "batched_instructions_per_s": round(len(texts) / batched, 2),
+            "single_instructions_per_s": round(n_single / single, 2),
+            "batched_speedup": round((len(texts) / batched) / (n_single / single), 2),
+        }
+    )
+
+
+def _report(result: dict[str, Any]) -> None:
+    typer.echo(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,108 @@
+"""A4: one chosen (+γ⁺) and one rejected (γ⁻) generation per kept instruction.
+
+Both generations use identical decoding settings; the only difference is the sign and size
+of the push along the instruction's own criterion direction in the controlled layers.
+No extra candidates are sampled and no judge is asked.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from icon2.chat import render_prompt
+from icon2.direction_file import DirectionFile
+from icon2.generation import Backend, Generation, Sampling
+from icon2.steering import GammaScale, steering_vectors
+
+_MSG = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+PAIR_SCHEMA: dict[str, pl.DataType] = {
+    "id": pl.String(),
+    "split": pl.String(),
+    "criterion": pl.String(),
+    "prompt": _MSG,
+    "chosen": _MSG,
+    "rejected": _MSG,
+    "gamma_pos": pl.Float64(),
+    "gamma_neg": pl.Float64(),
+    "gamma_scale": pl.String(),
+    "layers": pl.List(pl.Int64()),
+    "chosen_tokens": pl.Int64(),
+    "rejected_tokens": pl.Int64(),
+    "chosen_finish": pl.String(),
+    "rejected_finish": pl.String(),
+}
+DROP_REASONS = ("empty", "truncated", "identical")
+
+
+def generate_pairs(
+    backend: Backend,
+    tokenizer: PreTrainedTokenizerBase,
+    kept: pl.DataFrame,
+    dfile: DirectionFile,
+    *,
+    gamma_pos: float,
+    gamma_neg: float,
+    layers: list[int],
+    scale: GammaScale,
+    sampling: Sampling,
+) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Steer, generate, and drop pairs that carry no signal.
+
+    Args:
+        kept: the filter stage's table; uses columns id, instruction, criterion, split.
+
+    Returns:
+        (pairs with ``PAIR_SCHEMA`` — prompt/chosen/rejected as chat-message lists, TRL's
+        conversational preference format — and counts: instructions, each drop reason,
+        pairs).
+    """
+    rows = kept.to_dicts()
+    prompts = [render_prompt(tokenizer, r["instruction"]) for r in rows]
+    criteria = [r["criterion"] for r in rows]
+    n = len(rows)
+    # Chosen and rejected rows go through one batched call: per-row vectors carry the
+    # sign, so each instruction's two passes differ only in γ.
+    vectors = steering_vectors(
+        dfile, criteria * 2, [gamma_pos] * n + [gamma_neg] * n, layers, scale
+    )
+    gens = backend.generate(prompts * 2, sampling, vectors=vectors, desc="pairs")
+    counts = dict.fromkeys(DROP_REASONS, 0)
+    out = []
+    for r, c, rj in zip(rows, gens[:n], gens[n:], strict=True):
+        reason = _drop_reason(c, rj)
+        if reason:
+            counts[reason] += 1
+            continue
+        out.append(
+            {
+                "id": r["id"],
+                "split": r["split"],
+                "criterion": r["criterion"],
+                "prompt": [{"role": "user", "content": r["instruction"]}],
+                "chosen": [{"role": "assistant", "content": c.text.strip()}],
+                "rejected": [{"role": "assistant", "content": rj.text.strip()}],
+                "gamma_pos": gamma_pos,
+                "gamma_neg": gamma_neg,
+                "gamma_scale": scale,
+                "layers": layers,
+                "chosen_tokens": c.token_count,
+                "rejected_tokens": rj.token_count,
+                "chosen_finish": c.finish_reason,
+                "rejected_finish": rj.finish_reason,
+            }
+        )
+    counts["instructions"] = n
+    counts["pairs"] = len(out)
+    return pl.DataFrame(out, schema=PAIR_SCHEMA), counts
+
+
+def _drop_reason(chosen: Generation, rejected: Generation) -> str | None:
+    a, b = chosen.text.strip(), rejected.text.strip()
+    if not a or not b:
+        return "empty"
+    if chosen.finish_reason != "stop" or rejected.finish_reason != "stop":
+        return "truncated"
+    if a == b:
+        return "identical"
+    return None
