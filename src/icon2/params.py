@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from icon2.errors import ParamsError
+from icon2.training import TrainParams
 
 KNOWN_CRITERIA = ("honesty", "harmlessness", "helpfulness", "general")
 ReadPosition = Literal["generation_prompt", "end_of_user"]
@@ -143,6 +144,57 @@ class PairsParams(_Section):
         return self
 
 
+class TrainSection(TrainParams):
+    """A5 / parts B–C: TRL's DPOConfig is built from these fields (icon2.training)."""
+
+    # The preference table to train on: the pairs stage's output, or a user's seed
+    # preference file in the same conversational format (prompt/chosen/rejected).
+    pairs: str = "data/pairs/pairs.parquet"
+
+
+class EvaluateParams(_Section):
+    """Trained vs starting model on held-out prompts, judged locally."""
+
+    # Parquet/JSONL with an `instruction` column; a `split` column selects "validation".
+    prompts: str = "data/filter/kept.parquet"
+    max_prompts: int | None = Field(64, ge=1)
+    max_new_tokens: int = Field(192, ge=1)
+    temperature: float = Field(0.0, ge=0.0)
+    repetition_penalty: float = Field(1.05, gt=0.0)
+    batch_size: int = Field(16, ge=1)
+    judge: str | None = None  # local HF directory of an LLM judge; null = the starting model
+    reward_model: str | None = None  # local sequence-classifier directory; overrides `judge`
+    tie_margin: float = Field(0.05, ge=0.0, lt=0.5)
+    samples: int = Field(20, ge=0)
+
+
+class SPAIteration(_Section):
+    previous: str = Field(min_length=1)  # π_{t−1}: the seed-DPO checkpoint or the last iteration
+    lam: float = Field(0.5, ge=0.0)  # decoupled noise detection λ (eq. 12)
+
+
+class SPALoopParams(_Section):
+    """Part B: iterative self-annotation. Iteration t uses the t-th disjoint prompt slice."""
+
+    # DVC `foreach` runs one stage per entry; keys are 1-based iteration numbers.
+    iterations: dict[str, SPAIteration] = Field(default_factory=dict)
+    prompts: str = "data/filter/kept.parquet"  # train split of the filter stage, or a file
+    prompts_per_iteration: int = Field(16, ge=1)
+    temperature: float = Field(0.7, gt=0.0)
+    max_new_tokens: int = Field(128, ge=1)
+    batch_size: int = Field(16, ge=1)
+    beta: float = Field(0.1, gt=0.0)
+    length_penalty: float = Field(0.0, ge=0.0)  # a in r(y) − a·|y|
+    loss: Literal["spa", "dro", "dpo"] = "spa"
+
+    @model_validator(mode="after")
+    def _check_keys(self) -> SPALoopParams:
+        for key in self.iterations:
+            if not key.isdigit() or int(key) < 1:
+                raise ValueError(f"iterations: key {key!r} must be an iteration number >= 1")
+        return self
+
+
 class Params(_Section):
     base: BaseParams = BaseParams()
     directions: DirectionsParams
@@ -150,6 +202,9 @@ class Params(_Section):
     score: ScoreParams = ScoreParams()
     filter: FilterParams = FilterParams()
     pairs: PairsParams = PairsParams()
+    train: TrainSection = TrainSection()
+    evaluate: EvaluateParams = EvaluateParams()
+    spa: SPALoopParams = SPALoopParams()
 
 
 def _format_error(path: Path, err: ValidationError) -> str:

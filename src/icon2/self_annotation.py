@@ -1,0 +1,81 @@
+"""SPA (METHOD part B, eqs. 7–8): order two sampled responses by the implicit DPO reward.
+
+r(y) = β [log π_{t−1}(y|x) − log π_init(y|x)] − a·|y|
+(y_w, y_l) = (y1, y2) if σ(r(y1) − r(y2)) > 0.5 else (y2, y1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from icon2.chat import end_of_turn_ids, render_prompt
+from icon2.losses import length_penalised_reward, prefer_first
+
+
+@torch.no_grad()
+def response_logps(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    instructions: Sequence[str],
+    responses: Sequence[str],
+    *,
+    batch_size: int = 8,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log π(y|x) over each response's tokens plus its end-of-turn token.
+
+    Returns (log-probs [n] float64, response token counts [n]). The prompt is the chat
+    template with the assistant header; right padding is safe for a causal model scored on
+    its own tokens.
+    """
+    eot = end_of_turn_ids(tokenizer)[0]
+    device = next(model.parameters()).device
+    rows = []
+    for x, y in zip(instructions, responses, strict=True):
+        p = tokenizer(render_prompt(tokenizer, x), add_special_tokens=False)["input_ids"]
+        r = tokenizer(y, add_special_tokens=False)["input_ids"] + [eot]
+        rows.append((p, r))
+    out = torch.zeros(len(rows), dtype=torch.float64)
+    lengths = torch.tensor([len(r) - 1 for _, r in rows])
+    for start in tqdm(range(0, len(rows), batch_size), desc="implicit reward", unit="batch"):
+        chunk = rows[start : start + batch_size]
+        width = max(len(p) + len(r) for p, r in chunk)
+        ids = torch.full((len(chunk), width), tokenizer.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        target = torch.zeros_like(ids, dtype=torch.bool)
+        for b, (p, r) in enumerate(chunk):
+            ids[b, : len(p) + len(r)] = torch.tensor(p + r)
+            mask[b, : len(p) + len(r)] = 1
+            target[b, len(p) : len(p) + len(r)] = True
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        tok = logp.gather(-1, ids[:, 1:].to(device)[..., None])[..., 0]
+        out[start : start + len(chunk)] = (tok * target[:, 1:].to(device)).sum(-1).double().cpu()
+    return out, lengths
+
+
+def order_pairs(
+    policy: PreTrainedModel,
+    init: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    instructions: Sequence[str],
+    first: Sequence[str],
+    second: Sequence[str],
+    *,
+    beta: float,
+    length_penalty: float,
+    batch_size: int = 8,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(first_wins [n] bool, reward_first [n], reward_second [n]) by eqs. 7–8."""
+    rewards = []
+    for responses in (first, second):
+        pol, n_tok = response_logps(
+            policy, tokenizer, instructions, responses, batch_size=batch_size
+        )
+        ini, _ = response_logps(init, tokenizer, instructions, responses, batch_size=batch_size)
+        rewards.append(length_penalised_reward(pol, ini, n_tok.double(), beta, length_penalty))
+    return prefer_first(rewards[0], rewards[1]), rewards[0], rewards[1]
