@@ -45,3 +45,18 @@ def test_missing_file_and_non_mapping(tmp_path: Path) -> None:
     bad.write_text("- a list\n")
     with pytest.raises(ParamsError, match="expected a mapping"):
         load_params(bad)
+
+
+def test_gpu_params_file_is_valid_and_paper_scale() -> None:
+    p = load_params(REPO / "params.gpu.yaml")
+    assert p.pairs.layers == list(range(10, 21))
+    assert (p.pairs.gamma_pos, p.pairs.gamma_neg) == (0.1, -0.05)
+    assert p.train.learning_rate == 5e-7
+    assert p.train.per_device_train_batch_size * p.train.gradient_accumulation_steps == 128
+    assert p.synthesize.count == 1_000_000 and p.filter.value == 100_000
+
+
+def test_spa_iteration_keys_are_numbers(write_params: Callable[..., Path]) -> None:
+    bad = {"spa": {"iterations": {"first": {"previous": "data/train/model"}}}}
+    with pytest.raises(ParamsError, match=r"spa\.iterations: key 'first' must be"):
+        load_params(write_params(bad))

@@ -2,18 +2,22 @@
 
     python -m icon2.bench generation   # steered vs unsteered time, pair-generation tokens/s
     python -m icon2.bench scoring      # batched vs one-at-a-time consistency reads
+    python -m icon2.bench training     # DPO steps/s, peak memory, ref precompute, DRO share
 
 Both use the ``model`` stage's output and ``directions.safetensors`` (run ``dvc repro
-directions`` first), or ``--tiny`` for a random tiny model.
+directions`` first; ``training`` also needs ``data/pairs/pairs.parquet``).
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import polars as pl
 import torch
 import typer
 
@@ -106,6 +110,122 @@ def scoring(
             "single_instructions_per_s": round(n_single / single, 2),
             "batched_speedup": round((len(texts) / batched) / (n_single / single), 2),
         }
+    )
+
+
+@app.command()
+def training(
+    model_dir: ModelDir = Path("data/model"),
+    pairs: Annotated[Path, typer.Option(help="Preference table.")] = Path(
+        "data/pairs/pairs.parquet"
+    ),
+    steps: int = 4,
+    batch_size: int = 4,
+) -> None:
+    """DPO steps/s and peak memory; precomputed reference log-probs; DRO solve share.
+
+    Each configuration runs in its own process so that its peak RSS is its own.
+    """
+    configs = {
+        "dpo": ["--loss", "dpo"],
+        "dpo_precomputed_ref": ["--loss", "dpo", "--precompute"],
+        "spa": ["--loss", "spa"],
+        "dro_resolve_every_step": ["--loss", "dro", "--resolve-every", "1"],
+    }
+    results = {}
+    for name, extra in configs.items():
+        cmd = [
+            sys.executable,
+            "-m",
+            "icon2.bench",
+            "train-once",
+            "--model-dir",
+            str(model_dir),
+            "--pairs",
+            str(pairs),
+            "--steps",
+            str(steps),
+            "--batch-size",
+            str(batch_size),
+            *extra,
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"{name} failed:\n{done.stderr[-2000:]}")
+        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    dpo, pre = results["dpo"], results["dpo_precomputed_ref"]
+    dro = results["dro_resolve_every_step"]
+    _report(
+        {
+            **results,
+            "precomputed_ref_step_speedup": round(
+                dpo["seconds_per_step"] / pre["seconds_per_step"], 3
+            ),
+            "precomputed_ref_total_speedup": round(dpo["total_seconds"] / pre["total_seconds"], 3),
+            "dro_solve_share_of_step_time": round(
+                dro["dro_solve_seconds"] / dro["step_seconds"], 4
+            ),
+        }
+    )
+
+
+@app.command(hidden=True)
+def train_once(
+    model_dir: ModelDir,
+    pairs: Annotated[Path, typer.Option()],
+    steps: int,
+    batch_size: int,
+    loss: str = "dpo",
+    precompute: bool = False,
+    resolve_every: int = 0,
+) -> None:
+    import resource
+    import tempfile
+
+    from icon2.preference_data import read_pairs, to_datasets
+    from icon2.training import DROParams, TrainParams, make_trainer
+
+    policy, tok, _ = load_local(model_dir)
+    ref, _, _ = load_local(model_dir)
+    policy.train()
+    train_ds, _ = to_datasets(read_pairs(pairs).with_columns(split=pl.lit("train")))
+    tp = TrainParams(
+        loss=loss,
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=1e-6,
+        max_length=512,
+        precompute_ref_log_probs=precompute,
+        dro=DROParams(resolve_every=resolve_every),
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = make_trainer(
+            tp,
+            model=policy,
+            ref_model=ref,
+            tokenizer=tok,
+            train_dataset=train_ds,
+            eval_dataset=None,
+            output_dir=Path(scratch),
+            seed=0,
+        )
+        t0 = time.perf_counter()
+        trainer.train()
+        total = time.perf_counter() - t0
+    step_s = float(trainer.train_step_seconds)
+    print(
+        json.dumps(
+            {
+                "steps": int(trainer.state.global_step),
+                "batch_size": batch_size,
+                "seconds_per_step": round(step_s / max(trainer.state.global_step, 1), 3),
+                "steps_per_s": round(trainer.state.global_step / step_s, 4),
+                "step_seconds": round(step_s, 3),
+                "total_seconds": round(total, 3),
+                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "dro_solve_seconds": round(float(getattr(trainer, "dro_solve_seconds", 0.0)), 4),
+            }
+        )
     )
 
 
