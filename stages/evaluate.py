@@ -49,7 +49,9 @@ def main(
     for name, model, t in (("trained", trained, trained_tok), ("base", base, tok)):
         backend = HFBackend(model, t, stop_ids=end_of_turn_ids(t), batch_size=cfg.batch_size)
         answers[name] = backend.generate(
-            [render_prompt(t, q) for q in instructions], sampling, desc=f"answers {name}"
+            [render_prompt(t, q, p.base.system_prompt) for q in instructions],
+            sampling,
+            desc=f"answers {name}",
         )
     del trained
     judge = _judge(cfg.judge, cfg.reward_model, base, tok, p.base.dtype, p.base.device)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from icon2.filtering import apply_filter, split
-from icon2.io import read_provenance, read_table, write_json, write_table
+from icon2.io import check_schema, read_provenance, read_table, write_json, write_table
 from icon2.params import load_params
 from icon2.scoring import score_schema
 from icon2.stage import provenance, user_errors
@@ -24,11 +24,10 @@ def main(
     p = load_params(params)
     cfg = p.filter
     upstream = read_provenance(scores)
-    criteria = [
-        c.removeprefix("raw_") for c in read_table(scores, {}).columns if c.startswith("raw_")
-    ]
-    schema = score_schema(criteria)
-    table = read_table(scores, schema)
+    table = read_table(scores, {})
+    # The criteria are whatever the score stage wrote: one raw_<criterion> column each.
+    schema = score_schema([c.removeprefix("raw_") for c in table.columns if c.startswith("raw_")])
+    check_schema(table, schema, str(scores))
     kept, counts = apply_filter(table, rule=cfg.rule, value=cfg.value, min_margin=cfg.min_margin)
     kept = split(kept, validation_fraction=cfg.validation_fraction, seed=p.base.seed)
     meta = provenance("filter", p, ["filter"], {"scores": scores})

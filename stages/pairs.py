@@ -65,6 +65,7 @@ def main(
         layers=layers,
         scale=cfg.gamma_scale,
         sampling=sampling,
+        system=p.base.system_prompt,
     )
     if pairs.height == 0:
         raise InputError(

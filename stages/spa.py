@@ -56,7 +56,9 @@ def main(
     backend = HFBackend(policy, tok, stop_ids=end_of_turn_ids(tok), batch_size=cfg.batch_size)
     sampling = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed)
     gens = backend.generate(
-        [render_prompt(tok, x) for x in texts] * 2, sampling, desc=f"spa@{iteration} sample"
+        [render_prompt(tok, x, p.base.system_prompt) for x in texts] * 2,
+        sampling,
+        desc=f"spa@{iteration} sample",
     )
     n = len(texts)
     keep = [
@@ -78,6 +80,11 @@ def main(
     first_wins, r1, r2 = order_pairs(
         policy, init, tok, xs, y1, y2, beta=cfg.beta, length_penalty=cfg.length_penalty
     )
+    head = (
+        []
+        if p.base.system_prompt is None
+        else [{"role": "system", "content": p.base.system_prompt}]
+    )
     rows = []
     for j, x in enumerate(xs):
         w, lo = (y1[j], y2[j]) if first_wins[j] else (y2[j], y1[j])
@@ -85,7 +92,7 @@ def main(
         rows.append(
             {
                 "split": "train",
-                "prompt": [{"role": "user", "content": x}],
+                "prompt": [*head, {"role": "user", "content": x}],
                 "chosen": [{"role": "assistant", "content": w}],
                 "rejected": [{"role": "assistant", "content": lo}],
                 "reward_chosen": float(rw),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,8 +18,16 @@ pytestmark = pytest.mark.slow
 
 
 def _dvc(cwd: Path, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True,
-                          text=True, check=False)
+    # Stage commands call `python`: put this interpreter's environment first on PATH.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
@@ -36,15 +45,30 @@ def project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> P
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["base"]["model"] = str(tiny_model_dir)
     params["directions"].update(max_features=12, batch_size=6)
-    params["synthesize"].update(count=16, max_new_tokens=24, batch_size=8, min_chars=1,
-                                near_dup_threshold=None, source="file")
+    params["synthesize"].update(
+        count=16,
+        max_new_tokens=24,
+        batch_size=8,
+        min_chars=1,
+        near_dup_threshold=None,
+        source="file",
+    )
     params["filter"].update(value=1.0, validation_fraction=0.25)
     params["pairs"].update(max_new_tokens=40, batch_size=8, temperature=1.0)
-    params["train"].update(max_steps=2, per_device_train_batch_size=2,
-                           gradient_accumulation_steps=1, max_length=128, learning_rate=1e-4)
+    params["train"].update(
+        max_steps=2,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        max_length=128,
+        learning_rate=1e-4,
+    )
     params["evaluate"].update(max_new_tokens=8, batch_size=4, max_prompts=4)
-    params["spa"].update(iterations={"1": {"previous": "data/train/model", "lam": 0.5}},
-                         prompts_per_iteration=8, max_new_tokens=64, temperature=1.0)
+    params["spa"].update(
+        iterations={"1": {"previous": "data/train/model", "lam": 0.5}},
+        prompts_per_iteration=8,
+        max_new_tokens=64,
+        temperature=1.0,
+    )
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _dvc(root, "init", "--no-scm", "-q")
     _dvc(root, "repro")
@@ -52,11 +76,18 @@ def project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> P
 
 
 def test_repro_produces_every_output(project: Path) -> None:
-    for path in ("data/model/icon2_model.json", "data/directions/directions.safetensors",
-                 "data/synthesize/instructions.parquet", "data/score/scores.parquet",
-                 "data/filter/kept.parquet", "data/pairs/pairs.parquet",
-                 "data/train/model/model.safetensors", "data/evaluate/metrics.json",
-                 "data/spa/1/model/model.safetensors", "data/spa/1/pairs.parquet"):
+    for path in (
+        "data/model/icon2_model.json",
+        "data/directions/directions.safetensors",
+        "data/synthesize/instructions.parquet",
+        "data/score/scores.parquet",
+        "data/filter/kept.parquet",
+        "data/pairs/pairs.parquet",
+        "data/train/model/model.safetensors",
+        "data/evaluate/metrics.json",
+        "data/spa/1/model/model.safetensors",
+        "data/spa/1/pairs.parquet",
+    ):
         assert (project / path).exists(), path
     metrics = json.loads((project / "data/evaluate/metrics.json").read_text())
     assert 0.0 <= metrics["win_rate"] <= 1.0

@@ -106,3 +106,29 @@ def test_generate_pairs_format_and_drops(tiny_model: Any) -> None:
     assert row["rejected"] == [{"role": "assistant", "content": "A rude answer."}]
     assert row["layers"] == [2, 3] and row["criterion"] == "honesty"
     assert pairs["split"].to_list() == ["train", "validation"]
+
+
+def test_system_prompt_is_used_for_generation_and_kept_in_the_prompt(tiny_model: Any) -> None:
+    _, tok = tiny_model
+    from icon2.chat import render_prompt
+
+    kept = pl.DataFrame(
+        {"id": ["a"], "instruction": ["hi"], "criterion": ["honesty"], "split": ["train"]}
+    )
+    backend = FakeBackend({render_prompt(tok, "hi", "Be brief."): (_g("Hello!"), _g("Go."))})
+    pairs, _ = generate_pairs(
+        backend,
+        tok,
+        kept,
+        _dfile(),
+        gamma_pos=0.1,
+        gamma_neg=-0.05,
+        layers=[2],
+        scale="unit",
+        sampling=Sampling(),
+        system="Be brief.",
+    )
+    assert pairs.row(0, named=True)["prompt"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hi"},
+    ]

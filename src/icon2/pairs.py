@@ -46,11 +46,13 @@ def generate_pairs(
     layers: list[int],
     scale: GammaScale,
     sampling: Sampling,
+    system: str | None = None,
 ) -> tuple[pl.DataFrame, dict[str, int]]:
     """Steer, generate, and drop pairs that carry no signal.
 
     Args:
         kept: the filter stage's table; uses columns id, instruction, criterion, split.
+        system: system turn for both generations (also put at the head of ``prompt``).
 
     Returns:
         (pairs with ``PAIR_SCHEMA`` — prompt/chosen/rejected as chat-message lists, TRL's
@@ -58,7 +60,8 @@ def generate_pairs(
         pairs).
     """
     rows = kept.to_dicts()
-    prompts = [render_prompt(tokenizer, r["instruction"]) for r in rows]
+    prompts = [render_prompt(tokenizer, r["instruction"], system) for r in rows]
+    head = [] if system is None else [{"role": "system", "content": system}]
     criteria = [r["criterion"] for r in rows]
     n = len(rows)
     # Chosen and rejected rows go through one batched call: per-row vectors carry the
@@ -79,7 +82,7 @@ def generate_pairs(
                 "id": r["id"],
                 "split": r["split"],
                 "criterion": r["criterion"],
-                "prompt": [{"role": "user", "content": r["instruction"]}],
+                "prompt": [*head, {"role": "user", "content": r["instruction"]}],
                 "chosen": [{"role": "assistant", "content": c.text.strip()}],
                 "rejected": [{"role": "assistant", "content": rj.text.strip()}],
                 "gamma_pos": gamma_pos,

@@ -33,6 +33,9 @@ class BaseParams(_Section):
     model: str = "smollm2-135m-instruct"
     revision: str | None = None
     trust_remote_code: bool = False
+    # System turn for every generated answer (pairs, SPA, evaluation) and for the training
+    # prompts built from them; null = none (the template's own default, as in the paper).
+    system_prompt: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: Literal["cpu", "cuda", "auto"] = "cpu"
 

@@ -24,6 +24,7 @@ def response_logps(
     instructions: Sequence[str],
     responses: Sequence[str],
     *,
+    system: str | None = None,
     batch_size: int = 8,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log π(y|x) over each response's tokens plus its end-of-turn token.
@@ -36,7 +37,7 @@ def response_logps(
     device = next(model.parameters()).device
     rows = []
     for x, y in zip(instructions, responses, strict=True):
-        p = tokenizer(render_prompt(tokenizer, x), add_special_tokens=False)["input_ids"]
+        p = tokenizer(render_prompt(tokenizer, x, system), add_special_tokens=False)["input_ids"]
         r = tokenizer(y, add_special_tokens=False)["input_ids"] + [eot]
         rows.append((p, r))
     out = torch.zeros(len(rows), dtype=torch.float64)
@@ -68,14 +69,17 @@ def order_pairs(
     *,
     beta: float,
     length_penalty: float,
+    system: str | None = None,
     batch_size: int = 8,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(first_wins [n] bool, reward_first [n], reward_second [n]) by eqs. 7–8."""
     rewards = []
     for responses in (first, second):
         pol, n_tok = response_logps(
-            policy, tokenizer, instructions, responses, batch_size=batch_size
+            policy, tokenizer, instructions, responses, system=system, batch_size=batch_size
         )
-        ini, _ = response_logps(init, tokenizer, instructions, responses, batch_size=batch_size)
+        ini, _ = response_logps(
+            init, tokenizer, instructions, responses, system=system, batch_size=batch_size
+        )
         rewards.append(length_penalised_reward(pol, ini, n_tok.double(), beta, length_penalty))
     return prefer_first(rewards[0], rewards[1]), rewards[0], rewards[1]
