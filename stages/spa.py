@@ -61,19 +61,24 @@ def main(
         desc=f"spa@{iteration} sample",
     )
     n = len(texts)
+    # METHOD part B samples up to a token budget and compares what comes out: unlike the
+    # steered pairs (A4), a truncated response is kept; only empty or identical pairs go.
     keep = [
         i
         for i in range(n)
-        if gens[i].finish_reason == "stop"
-        and gens[n + i].finish_reason == "stop"
-        and gens[i].text.strip()
+        if gens[i].text.strip()
+        and gens[n + i].text.strip()
         and gens[i].text.strip() != gens[n + i].text.strip()
     ]
     if not keep:
         raise InputError(
-            f"spa@{iteration}: no usable response pairs out of {n} (truncated, "
-            f"empty or identical); raise spa.max_new_tokens"
+            f"spa@{iteration}: all {n} response pairs were empty or identical; "
+            f"raise spa.temperature or spa.max_new_tokens"
         )
+    ended = (
+        [gens[i].finish_reason == "stop" for i in keep],
+        [gens[n + i].finish_reason == "stop" for i in keep],
+    )
     xs = [texts[i] for i in keep]
     y1 = [gens[i].text.strip() for i in keep]
     y2 = [gens[n + i].text.strip() for i in keep]
@@ -143,6 +148,7 @@ def main(
                 "lam": lam,
                 "prompts": n,
                 "pairs": table.height,
+                "truncated_responses": sum(not e for side in ended for e in side),
                 "dropped": n - table.height,
                 "first_preferred": int(first_wins.sum()),
                 "mean_reward_gap": float(

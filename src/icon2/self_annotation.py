@@ -24,10 +24,12 @@ def response_logps(
     instructions: Sequence[str],
     responses: Sequence[str],
     *,
+    ended: Sequence[bool] | None = None,
     system: str | None = None,
     batch_size: int = 8,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log π(y|x) over each response's tokens plus its end-of-turn token.
+    """Summed log π(y|x) over each response's tokens, plus its end-of-turn token when the
+    response ended (``ended[i]``; default all) — a truncated response did not end its turn.
 
     Returns (log-probs [n] float64, response token counts [n]). The prompt is the chat
     template with the assistant header; right padding is safe for a causal model scored on
@@ -36,12 +38,13 @@ def response_logps(
     eot = end_of_turn_ids(tokenizer)[0]
     device = next(model.parameters()).device
     rows = []
-    for x, y in zip(instructions, responses, strict=True):
+    flags = [True] * len(responses) if ended is None else list(ended)
+    for x, y, done in zip(instructions, responses, flags, strict=True):
         p = tokenizer(render_prompt(tokenizer, x, system), add_special_tokens=False)["input_ids"]
-        r = tokenizer(y, add_special_tokens=False)["input_ids"] + [eot]
+        r = tokenizer(y, add_special_tokens=False)["input_ids"] + ([eot] if done else [])
         rows.append((p, r))
     out = torch.zeros(len(rows), dtype=torch.float64)
-    lengths = torch.tensor([len(r) - 1 for _, r in rows])
+    lengths = torch.tensor([len(r) - int(done) for (_, r), done in zip(rows, flags, strict=True)])
     for start in tqdm(range(0, len(rows), batch_size), desc="implicit reward", unit="batch"):
         chunk = rows[start : start + batch_size]
         width = max(len(p) + len(r) for p, r in chunk)
@@ -69,17 +72,31 @@ def order_pairs(
     *,
     beta: float,
     length_penalty: float,
+    ended: tuple[Sequence[bool], Sequence[bool]] | None = None,
     system: str | None = None,
     batch_size: int = 8,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(first_wins [n] bool, reward_first [n], reward_second [n]) by eqs. 7–8."""
     rewards = []
-    for responses in (first, second):
+    flags = ended or (None, None)
+    for responses, done in zip((first, second), flags, strict=True):
         pol, n_tok = response_logps(
-            policy, tokenizer, instructions, responses, system=system, batch_size=batch_size
+            policy,
+            tokenizer,
+            instructions,
+            responses,
+            ended=done,
+            system=system,
+            batch_size=batch_size,
         )
         ini, _ = response_logps(
-            init, tokenizer, instructions, responses, system=system, batch_size=batch_size
+            init,
+            tokenizer,
+            instructions,
+            responses,
+            ended=done,
+            system=system,
+            batch_size=batch_size,
         )
         rewards.append(length_penalised_reward(pol, ini, n_tok.double(), beta, length_penalty))
     return prefer_first(rewards[0], rewards[1]), rewards[0], rewards[1]
