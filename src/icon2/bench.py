@@ -67,8 +67,11 @@ def generation(
         dfile, ["general"] * len(texts), [0.1] * len(texts), layers, "contrastive_norm"
     )
     backend.generate(texts[:2], Sampling(max_new_tokens=4))  # warm-up
-    plain = _timed(lambda: backend.generate(texts, s), repeats)
-    steered = _timed(lambda: backend.generate(texts, s, vectors=vecs), repeats)
+    # Interleaved, best of each: the order of the runs must not favour either side.
+    plain = steered = float("inf")
+    for _ in range(repeats):
+        plain = min(plain, _timed(lambda: backend.generate(texts, s), 1))
+        steered = min(steered, _timed(lambda: backend.generate(texts, s, vectors=vecs), 1))
     tokens = len(texts) * new_tokens
     _report(
         {
@@ -173,8 +176,8 @@ def training(
 def train_once(
     model_dir: ModelDir,
     pairs: Annotated[Path, typer.Option()],
-    steps: int,
-    batch_size: int,
+    steps: int = 4,
+    batch_size: int = 4,
     loss: str = "dpo",
     precompute: bool = False,
     resolve_every: int = 0,
