@@ -7,11 +7,12 @@ from typing import Annotated
 
 import typer
 
-from icon2.filtering import apply_filter, split
-from icon2.io import check_schema, read_provenance, read_table, write_json, write_table
-from icon2.params import load_params
-from icon2.scoring import score_schema
-from icon2.stage import provenance, user_errors
+from icon2.core.io import read_provenance, write_json
+from icon2.core.params import load_params
+from icon2.core.provenance import provenance
+from icon2.core.tables import kept_schema, read_scores, write_table
+from icon2.stage import user_errors
+from icon2.steps.filtering import apply_filter, split
 
 
 @user_errors
@@ -23,20 +24,17 @@ def main(
 ) -> None:
     p = load_params(params)
     cfg = p.filter
-    upstream = read_provenance(scores)
-    table = read_table(scores, {})
-    # The criteria are whatever the score stage wrote: one raw_<criterion> column each.
-    schema = score_schema([c.removeprefix("raw_") for c in table.columns if c.startswith("raw_")])
-    check_schema(table, schema, str(scores))
+    table, criteria = read_scores(scores)
     kept, counts = apply_filter(table, rule=cfg.rule, value=cfg.value, min_margin=cfg.min_margin)
     kept = split(kept, validation_fraction=cfg.validation_fraction, seed=p.base.seed)
-    meta = provenance("filter", p, ["filter"], {"scores": scores})
-    for key in ("model", "weights_sha256", "revision"):
-        meta[key] = upstream.get(key)
-    write_table(out, kept, {**schema, "split": kept.schema["split"]}, meta)
+    upstream = read_provenance(scores)
+    meta = provenance("filter", p, {"scores": scores})
+    meta.update({k: upstream.get(k) for k in ("model", "weights_sha256", "revision")})
+    write_table(out, kept, kept_schema(criteria), meta)
     counts["train"] = kept.filter(kept["split"] == "train").height
     counts["validation"] = kept.height - counts["train"]
-    write_json(metrics, counts)
+    # The count after each rule stays in the table's story; metrics keep the headline ones.
+    write_json(metrics, {k: v for k, v in counts.items() if not k.startswith("after_")})
     typer.echo(f"filter: {counts['scored']} scored -> {counts['kept']} kept -> {out}")
 
 

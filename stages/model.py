@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from icon2.io import atomic_dir
-from icon2.models import materialise, resolve
-from icon2.params import load_params
+from icon2.core.io import atomic_dir
+from icon2.core.params import load_params
+from icon2.model.loading import materialise, resolve
 from icon2.stage import user_errors
 
 

@@ -7,15 +7,17 @@ from typing import Annotated
 
 import typer
 
-from icon2.chat import end_of_turn_ids, pre_query_template
-from icon2.cleaning import INSTRUCTION_SCHEMA, clean, distinct_n, length_stats
-from icon2.embeddings import minilm_embedder
-from icon2.generation import HFBackend, Sampling
-from icon2.io import read_instructions, write_json, write_table
-from icon2.models import load_local
-from icon2.params import load_params
-from icon2.stage import provenance, seed_everything, user_errors
-from icon2.synthesis import from_file, synthesize
+from icon2.core.io import write_json
+from icon2.core.params import load_params
+from icon2.core.provenance import provenance
+from icon2.core.tables import INSTRUCTION_SCHEMA, read_instructions, write_table
+from icon2.engines.base import Sampling
+from icon2.engines.hf import chat_backend
+from icon2.model.chat import pre_query_template
+from icon2.model.embeddings import minilm_embedder
+from icon2.stage import load_model, seed_everything, user_errors
+from icon2.steps.cleaning import clean, distinct_n, length_stats
+from icon2.steps.synthesis import from_file, synthesize
 
 
 @user_errors
@@ -30,23 +32,21 @@ def main(
     cfg = p.synthesize
     seed = p.base.seed if cfg.seed is None else cfg.seed
     seed_everything(seed)
-    model, tokenizer, card = load_local(model_dir, dtype=p.base.dtype, device=p.base.device)
+    model, tokenizer, card = load_model(model_dir, p)
     inputs: dict[str, Path] = {"model": model_dir}
+    template = None
     if cfg.source == "file":
         raw = from_file(read_instructions(file))
         inputs["file"] = file
-        template = None
     else:
         template = cfg.pre_query_template or pre_query_template(tokenizer)
-        backend = HFBackend(
-            model, tokenizer, stop_ids=end_of_turn_ids(tokenizer), batch_size=cfg.batch_size
-        )
         sampling = Sampling(
             max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
             top_p=cfg.top_p,
             seed=seed,
         )
+        backend = chat_backend(model, tokenizer, batch_size=cfg.batch_size)
         raw = synthesize(
             backend, template, cfg.count, sampling, stop_at_newline=cfg.stop_at_newline
         )
@@ -58,13 +58,11 @@ def main(
         near_dup_threshold=cfg.near_dup_threshold,
         embed=embed,
     )
-    texts = kept["instruction"].to_list()
-    meta = provenance("synthesize", p, ["synthesize"], inputs, card)
-    meta["pre_query_template"] = template
+    meta = {**provenance("synthesize", p, inputs, card), "pre_query_template": template}
     write_table(out, kept, INSTRUCTION_SCHEMA, meta)
-    write_json(
-        metrics, {"counts": counts, "distinct_2": distinct_n(texts, 2), **length_stats(texts)}
-    )
+    texts = kept["instruction"].to_list()
+    mean_words = length_stats(texts)["mean_words"]
+    write_json(metrics, {**counts, "distinct_2": distinct_n(texts, 2), "mean_words": mean_words})
     typer.echo(f"synthesize: {counts['raw']} raw -> {counts['kept']} kept -> {out}")
 
 

@@ -13,7 +13,7 @@ import typer
 import yaml
 from typer.testing import CliRunner, Result
 
-from icon2.tiny import build_tiny_model
+from tests.tiny import build_tiny_model
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"

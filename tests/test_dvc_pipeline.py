@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import REPO
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -120,3 +120,31 @@ def test_synthesize_change_invalidates_from_synthesize(project: Path) -> None:
     ran, skipped = _ran_and_skipped(_dvc(project, "repro", "--dry"))
     assert "synthesize" in ran and not ran & {"model", "directions"}
     assert {"model", "directions"} <= skipped
+
+
+def test_spa_iteration_depends_only_on_its_own_keys(project: Path) -> None:
+    """Changing or adding one SPA iteration leaves the other iterations up to date."""
+    path = project / "params.yaml"
+    before = path.read_text()
+    try:
+        params = yaml.safe_load(before)
+        params["spa"]["iterations"]["2"] = {"previous": "data/spa/1/model", "lam": 0.25}
+        path.write_text(yaml.safe_dump(params, sort_keys=False))
+        assert "spa@1" not in set(json.loads(_dvc(project, "status", "--json")))
+        params["spa"]["iterations"]["1"]["lam"] = 0.125
+        path.write_text(yaml.safe_dump(params, sort_keys=False))
+        assert "spa@1" in set(json.loads(_dvc(project, "status", "--json")))
+    finally:
+        path.write_text(before)
+
+
+def test_editing_a_module_reruns_the_stages_that_import_it(project: Path) -> None:
+    module = project / "src/icon2/steps/filtering.py"
+    before = module.read_text()
+    stale = set(json.loads(_dvc(project, "status", "--json")))
+    try:
+        module.write_text(before + "\n# an edit\n")
+        changed = set(json.loads(_dvc(project, "status", "--json"))) - stale
+        assert changed == {"filter"}
+    finally:
+        module.write_text(before)

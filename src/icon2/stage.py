@@ -1,4 +1,4 @@
-"""What every stage entry point shares: error reporting, determinism, provenance."""
+"""What every stage entry point shares: one-line errors, determinism, params and model opening."""
 
 from __future__ import annotations
 
@@ -12,10 +12,8 @@ from typing import Any, ParamSpec, TypeVar
 import numpy as np
 import torch
 
-import icon2
-from icon2.errors import Icon2Error
-from icon2.io import sha256_file
-from icon2.params import Params, section_dict
+from icon2.core.errors import Icon2Error
+from icon2.core.params import Params, load_params
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -42,30 +40,15 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def provenance(
-    stage: str,
-    params: Params,
-    sections: list[str],
-    inputs: dict[str, Path],
-    card: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Record of what produced an artifact: model, params sections, input hashes."""
-    record: dict[str, Any] = {
-        "stage": stage,
-        "icon2_version": icon2.__version__,
-        "params": {name: section_dict(params, name) for name in ["base", *sections]},
-        "inputs": {name: _hash_input(path) for name, path in inputs.items()},
-    }
-    if card is not None:
-        record["model"] = card["name"]
-        record["revision"] = card.get("revision")
-        record["weights_sha256"] = card["weights_sha256"]
-    return record
+def open_stage(params: Path, *, seed: int | None = None) -> Params:
+    """Load and validate the params file, then seed every RNG (``base.seed`` by default)."""
+    p = load_params(params)
+    seed_everything(p.base.seed if seed is None else seed)
+    return p
 
 
-def _hash_input(path: Path) -> str:
-    if path.is_dir():
-        from icon2.models import weights_hash
+def load_model(model_dir: Path, p: Params) -> tuple[Any, Any, dict[str, Any]]:
+    """(model, tokenizer, card) of a model directory, in ``base.dtype`` on ``base.device``."""
+    from icon2.model.loading import load_local
 
-        return weights_hash(path)
-    return sha256_file(path)
+    return load_local(model_dir, dtype=p.base.dtype, device=p.base.device)

@@ -1,0 +1,238 @@
+"""Benchmarks, measured in one run and printed as ratios and rates (never asserted in tests).
+
+    python benchmarks/bench.py generation   # steered vs unsteered time, pair-generation tokens/s
+    python benchmarks/bench.py scoring      # batched vs one-at-a-time consistency reads
+    python benchmarks/bench.py training     # DPO steps/s, peak memory, ref precompute, DRO share
+
+Both use the ``model`` stage's output and ``directions.safetensors`` (run ``dvc repro
+directions`` first; ``training`` also needs ``data/pairs/pairs.parquet``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import polars as pl
+import torch
+import typer
+
+from icon2.core.layers import middle_third
+from icon2.core.tables import read_instructions
+from icon2.engines.base import Sampling
+from icon2.engines.hf import HFBackend
+from icon2.model.chat import end_of_turn_ids, pre_query_template, render_prompt
+from icon2.model.loading import load_local
+from icon2.model.states import last_token_states
+from icon2.steps import direction_file
+from icon2.steps.direction_file import steering_vectors
+
+app = typer.Typer(add_completion=False, help=__doc__)
+ModelDir = Annotated[Path, typer.Option(help="Output of the model stage.")]
+Directions = Annotated[Path, typer.Option(help="directions.safetensors.")]
+Features = Annotated[Path, typer.Option(help="Prompts to use (instruction column).")]
+
+
+def _timed(fn: Any, repeats: int) -> float:
+    """Best of ``repeats`` wall times (the least disturbed by other load)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+@app.command()
+def generation(
+    model_dir: ModelDir = Path("data/model"),
+    directions: Directions = Path("data/directions/directions.safetensors"),
+    features: Features = Path("data/features.jsonl"),
+    prompts: int = 16,
+    new_tokens: int = 64,
+    batch_size: int = 16,
+    repeats: int = 3,
+) -> None:
+    """Steered vs unsteered generation time on identical prompts and token counts."""
+    model, tok, card = load_local(model_dir)
+    dfile = direction_file.load_directions(directions)
+    texts = [render_prompt(tok, q) for q in read_instructions(features)[:prompts]]
+    backend = HFBackend(model, tok, stop_ids=end_of_turn_ids(tok), batch_size=batch_size)
+    # ignore_eos: both runs generate exactly new_tokens per row, so only the hooks differ.
+    s = Sampling(max_new_tokens=new_tokens, ignore_eos=True)
+    layers = middle_third(card["num_layers"])
+    vecs = steering_vectors(
+        dfile, ["general"] * len(texts), [0.1] * len(texts), layers, "contrastive_norm"
+    )
+    backend.generate(texts[:2], Sampling(max_new_tokens=4))  # warm-up
+    # Interleaved, best of each: the order of the runs must not favour either side.
+    plain = steered = float("inf")
+    for _ in range(repeats):
+        plain = min(plain, _timed(lambda: backend.generate(texts, s), 1))
+        steered = min(steered, _timed(lambda: backend.generate(texts, s, vectors=vecs), 1))
+    tokens = len(texts) * new_tokens
+    _report(
+        {
+            "device": str(next(model.parameters()).device),
+            "threads": torch.get_num_threads(),
+            "prompts": len(texts),
+            "new_tokens_per_prompt": new_tokens,
+            "batch_size": batch_size,
+            "unsteered_s": round(plain, 3),
+            "steered_s": round(steered, 3),
+            "steered_over_unsteered": round(steered / plain, 4),
+            "pair_generation_tokens_per_s": round(tokens / steered, 1),
+        }
+    )
+
+
+@app.command()
+def scoring(
+    model_dir: ModelDir = Path("data/model"),
+    features: Features = Path("data/features.jsonl"),
+    instructions: int = 128,
+    batch_size: int = 32,
+) -> None:
+    """Consistency-read throughput: batched + shared prefix vs one prompt at a time."""
+    model, tok, _ = load_local(model_dir)
+    texts = [render_prompt(tok, q) for q in read_instructions(features)[:instructions]]
+    prefix = pre_query_template(tok)
+    last_token_states(model, tok, texts[:2])  # warm-up
+    batched = _timed(
+        lambda: last_token_states(model, tok, texts, batch_size=batch_size, shared_prefix=prefix), 1
+    )
+    n_single = min(len(texts), 32)
+    single = _timed(lambda: [last_token_states(model, tok, [t]) for t in texts[:n_single]], 1)
+    _report(
+        {
+            "instructions": len(texts),
+            "batch_size": batch_size,
+            "batched_instructions_per_s": round(len(texts) / batched, 2),
+            "single_instructions_per_s": round(n_single / single, 2),
+            "batched_speedup": round((len(texts) / batched) / (n_single / single), 2),
+        }
+    )
+
+
+@app.command()
+def training(
+    model_dir: ModelDir = Path("data/model"),
+    pairs: Annotated[Path, typer.Option(help="Preference table.")] = Path(
+        "data/pairs/pairs.parquet"
+    ),
+    steps: int = 4,
+    batch_size: int = 4,
+) -> None:
+    """DPO steps/s and peak memory; precomputed reference log-probs; DRO solve share.
+
+    Each configuration runs in its own process so that its peak RSS is its own.
+    """
+    configs = {
+        "dpo": ["--loss", "dpo"],
+        "dpo_precomputed_ref": ["--loss", "dpo", "--precompute"],
+        "spa": ["--loss", "spa"],
+        "dro_resolve_every_step": ["--loss", "dro", "--resolve-every", "1"],
+    }
+    results = {}
+    for name, extra in configs.items():
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "train-once",
+            "--model-dir",
+            str(model_dir),
+            "--pairs",
+            str(pairs),
+            "--steps",
+            str(steps),
+            "--batch-size",
+            str(batch_size),
+            *extra,
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"{name} failed:\n{done.stderr[-2000:]}")
+        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    dpo, pre = results["dpo"], results["dpo_precomputed_ref"]
+    dro = results["dro_resolve_every_step"]
+    _report(
+        {
+            **results,
+            "precomputed_ref_step_speedup": round(
+                dpo["seconds_per_step"] / pre["seconds_per_step"], 3
+            ),
+            "precomputed_ref_total_speedup": round(dpo["total_seconds"] / pre["total_seconds"], 3),
+            "dro_solve_share_of_step_time": round(
+                dro["dro_solve_seconds"] / dro["step_seconds"], 4
+            ),
+        }
+    )
+
+
+@app.command(hidden=True)
+def train_once(
+    model_dir: ModelDir,
+    pairs: Annotated[Path, typer.Option()],
+    steps: int = 4,
+    batch_size: int = 4,
+    loss: str = "dpo",
+    precompute: bool = False,
+    resolve_every: int = 0,
+) -> None:
+    import resource
+
+    from icon2.core.params import DROParams, TrainParams
+    from icon2.core.tables import read_pairs
+    from icon2.train.data import to_datasets
+    from icon2.train.run import train
+
+    policy, tok, _ = load_local(model_dir)
+    ref, _, _ = load_local(model_dir)
+    policy.train()
+    train_ds, _ = to_datasets(read_pairs(pairs).with_columns(split=pl.lit("train")))
+    tp = TrainParams(
+        loss=loss,
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=1e-6,
+        max_length=512,
+        precompute_ref_log_probs=precompute,
+        dro=DROParams(resolve_every=resolve_every),
+    )
+    result = train(
+        tp,
+        policy=policy,
+        ref=ref,
+        tokenizer=tok,
+        train_dataset=train_ds,
+        eval_dataset=None,
+        seed=0,
+    )
+    trainer, total = result.trainer, result.seconds
+    step_s = float(trainer.train_step_seconds)
+    print(
+        json.dumps(
+            {
+                "steps": int(trainer.state.global_step),
+                "batch_size": batch_size,
+                "seconds_per_step": round(step_s / max(trainer.state.global_step, 1), 3),
+                "steps_per_s": round(trainer.state.global_step / step_s, 4),
+                "step_seconds": round(step_s, 3),
+                "total_seconds": round(total, 3),
+                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "dro_solve_seconds": round(float(getattr(trainer, "dro_solve_seconds", 0.0)), 4),
+            }
+        )
+    )
+
+
+def _report(result: dict[str, Any]) -> None:
+    typer.echo(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,259 @@
+"""Every table the pipeline writes or reads: its declared schema once, and its reader.
+
+Tables are Parquet with a declared schema, checked on write and on read; the provenance
+record goes into the file's key-value metadata. Prompt files (JSONL or Parquet with an
+``instruction`` column) are read by one function, :func:`read_prompts`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from icon2.core.errors import InputError
+from icon2.core.io import PROVENANCE_KEY, atomic_path
+
+MESSAGES = pl.List(pl.Struct({"role": pl.String(), "content": pl.String()}))
+MESSAGE_COLUMNS = ("prompt", "chosen", "rejected")
+
+# A2: what the model sampled, before cleaning.
+RAW_SCHEMA: dict[str, pl.DataType] = {
+    "text": pl.String(),
+    "finish_reason": pl.String(),
+    "token_count": pl.Int64(),
+    "seed": pl.Int64(),
+}
+
+
+# A2: cleaned instructions (the synthesize stage's output).
+INSTRUCTION_SCHEMA: dict[str, pl.DataType] = {
+    "id": pl.String(),
+    "instruction": pl.String(),
+    "token_count": pl.Int64(),
+    "finish_reason": pl.String(),
+    "seed": pl.Int64(),
+}
+
+# A4: steered pairs in TRL's conversational preference format.
+PAIR_SCHEMA: dict[str, pl.DataType] = {
+    "id": pl.String(),
+    "split": pl.String(),
+    "criterion": pl.String(),
+    "prompt": MESSAGES,
+    "chosen": MESSAGES,
+    "rejected": MESSAGES,
+    "gamma_pos": pl.Float64(),
+    "gamma_neg": pl.Float64(),
+    "gamma_scale": pl.String(),
+    "layers": pl.List(pl.Int64()),
+    "chosen_tokens": pl.Int64(),
+    "rejected_tokens": pl.Int64(),
+    "chosen_finish": pl.String(),
+    "rejected_finish": pl.String(),
+}
+# Part B: one SPA iteration's self-annotated pairs, with the implicit rewards (eq. 7).
+SPA_PAIR_SCHEMA: dict[str, pl.DataType] = {
+    "split": pl.String(),
+    "prompt": MESSAGES,
+    "chosen": MESSAGES,
+    "rejected": MESSAGES,
+    "reward_chosen": pl.Float64(),
+    "reward_rejected": pl.Float64(),
+    # "stop" = the answer ended its turn, "length" = the token budget cut it (kept in part B).
+    "chosen_finish": pl.String(),
+    "rejected_finish": pl.String(),
+}
+
+
+def score_schema(criteria: list[str]) -> dict[str, pl.DataType]:
+    """A3: the score stage's table for these criteria, in column order."""
+    schema: dict[str, pl.DataType] = {"id": pl.String(), "instruction": pl.String()}
+    schema.update({f"raw_{c}": pl.Float64() for c in criteria})
+    schema.update({f"std_{c}": pl.Float64() for c in criteria})
+    schema.update(
+        {
+            "criterion": pl.String(),
+            "consistency": pl.Float64(),
+            "margin": pl.Float64(),
+            "standardised": pl.Boolean(),
+        }
+    )
+    return schema
+
+
+def kept_schema(criteria: list[str]) -> dict[str, pl.DataType]:
+    """A3: the filter stage's table: the scores plus the train/validation ``split``."""
+    return {**score_schema(criteria), "split": pl.String()}
+
+
+def criteria_of(frame: pl.DataFrame) -> list[str]:
+    """The criteria of a score/kept table: one ``raw_<criterion>`` column each."""
+    return [c.removeprefix("raw_") for c in frame.columns if c.startswith("raw_")]
+
+
+def read_scores(path: Path) -> tuple[pl.DataFrame, list[str]]:
+    """The score stage's table and its criteria (whatever ``raw_<criterion>`` it has)."""
+    frame = read_table(path, {})
+    criteria = criteria_of(frame)
+    check_schema(frame, score_schema(criteria), str(path))
+    return frame, criteria
+
+
+def read_kept(path: Path) -> pl.DataFrame:
+    """The filter stage's table (scores + split)."""
+    frame = read_table(path, {})
+    check_schema(frame, kept_schema(criteria_of(frame)), str(path))
+    return frame
+
+
+def check_schema(frame: pl.DataFrame, schema: Mapping[str, pl.DataType], where: str) -> None:
+    """Raise InputError unless ``frame`` has every declared column with its declared type."""
+    for name, dtype in schema.items():
+        if name not in frame.columns:
+            raise InputError(f"{where}: missing column {name!r} (expected {dtype})")
+        if frame.schema[name] != dtype:
+            raise InputError(
+                f"{where}: column {name!r} has type {frame.schema[name]}, expected {dtype}"
+            )
+
+
+def write_table(
+    path: Path,
+    frame: pl.DataFrame,
+    schema: Mapping[str, pl.DataType],
+    provenance: Mapping[str, Any],
+) -> None:
+    """Write Parquet atomically after checking the declared schema; provenance goes in
+    the file's key-value metadata under ``icon2``."""
+    check_schema(frame, schema, str(path))
+    with atomic_path(path) as tmp:
+        frame.write_parquet(tmp, metadata={PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)})
+
+
+def read_table(path: Path, schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    frame = pl.read_parquet(path)
+    check_schema(frame, schema, str(path))
+    return frame
+
+
+def read_instructions(path: Path, column: str = "instruction", *, minimum: int = 1) -> list[str]:
+    """Read a JSONL or Parquet file of instructions; every problem names the file and row."""
+    if not path.is_file():
+        raise InputError(f"{path}: instruction file not found")
+    if path.suffix == ".parquet":
+        try:
+            frame = pl.read_parquet(path)
+        except Exception as exc:  # polars raises several types for a corrupt file
+            raise InputError(f"{path}: not a readable Parquet file: {exc}") from None
+        if column not in frame.columns:
+            raise InputError(f"{path}: no {column!r} column (columns: {frame.columns})")
+        values = frame[column].to_list()
+    elif path.suffix in {".jsonl", ".json"}:
+        values = _read_jsonl_column(path, column)
+    else:
+        raise InputError(f"{path}: expected a .jsonl or .parquet file")
+    out: list[str] = []
+    for i, v in enumerate(values):
+        if not isinstance(v, str) or not v.strip():
+            raise InputError(f"{path}: row {i + 1}: {column!r} must be a non-empty string")
+        out.append(v.strip())
+    if not out:
+        raise InputError(f"{path}: the file holds no instructions")
+    if len(out) < minimum:
+        raise InputError(f"{path}: need at least {minimum} instructions, found {len(out)}")
+    return out
+
+
+def _read_jsonl_column(path: Path, column: str) -> list[Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    values: list[Any] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: line {lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or column not in row:
+            raise InputError(f"{path}: line {lineno}: no {column!r} field")
+        values.append(row[column])
+    return values
+
+
+def read_prompts(
+    path: Path, *, split: str | None = None, limit: int | None = None
+) -> tuple[list[str], list[str] | None]:
+    """Instructions (and their criteria when the file has them) from a prompt file.
+
+    A Parquet file with a ``split`` column (the filter stage's table) contributes only its
+    ``split`` rows when ``split`` is given; any other JSONL/Parquet file with an
+    ``instruction`` column is used whole. Returns (instructions, criteria or None), at most
+    ``limit`` of them.
+    """
+    if path.suffix == ".parquet" and path.is_file():
+        try:
+            frame = pl.read_parquet(path)
+        except Exception as exc:  # polars raises several types for a corrupt file
+            raise InputError(f"{path}: not a readable Parquet file: {exc}") from None
+        if split is not None and "split" in frame.columns:
+            frame = frame.filter(pl.col("split") == split)
+            if frame.height == 0:
+                raise InputError(f"{path}: no rows in the {split} split")
+        if "instruction" not in frame.columns:
+            raise InputError(f"{path}: no 'instruction' column (columns: {frame.columns})")
+        if frame.height == 0:
+            raise InputError(f"{path}: the prompt file holds no instructions")
+        frame = frame.head(limit) if limit else frame
+        criteria = frame["criterion"].to_list() if "criterion" in frame.columns else None
+        texts = [str(t).strip() if t is not None else "" for t in frame["instruction"].to_list()]
+        for i, text in enumerate(texts):
+            if not text:
+                raise InputError(f"{path}: row {i + 1}: 'instruction' must be a non-empty string")
+        return texts, criteria
+    texts = read_instructions(path)
+    return (texts[:limit] if limit else texts), None
+
+
+def read_pairs(path: Path) -> pl.DataFrame:
+    """Read a conversational preference table and reject rows that carry no signal.
+
+    Input columns: prompt, chosen, rejected (lists of {role, content} messages); optional
+    split ("train" | "validation"; missing = all train).
+    """
+    if not path.is_file():
+        raise InputError(f"{path}: preference file not found")
+    try:
+        frame = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_ndjson(path)
+    except Exception as exc:  # polars raises several types for unreadable files
+        raise InputError(f"{path}: not a readable Parquet/JSONL preference file: {exc}") from None
+    missing = [c for c in MESSAGE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {missing}; expected {list(MESSAGE_COLUMNS)}")
+    if frame.height == 0:
+        raise InputError(f"{path}: the preference file has no rows")
+    for i, row in enumerate(frame.select(MESSAGE_COLUMNS).iter_rows(named=True)):
+        for col in MESSAGE_COLUMNS:
+            if not _text(row[col]).strip():
+                raise InputError(f"{path}: row {i + 1}: {col!r} is empty")
+        if _text(row["chosen"]).strip() == _text(row["rejected"]).strip():
+            raise InputError(f"{path}: row {i + 1}: chosen and rejected are identical")
+    if "split" not in frame.columns:
+        frame = frame.with_columns(pl.lit("train").alias("split"))
+    return frame
+
+
+def _text(messages: Any) -> str:
+    if isinstance(messages, str):
+        return messages
+    if not messages:
+        return ""
+    return "".join(str(m.get("content") or "") for m in messages)

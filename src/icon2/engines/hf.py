@@ -1,0 +1,99 @@
+"""Text generation behind a small backend interface (Hugging Face transformers today).
+
+Stages talk to ``Backend`` only, so a faster engine (vLLM) can be added without touching
+them. Steering is part of the request: ``vectors`` maps a 1-based layer to per-row
+vectors added at every position while that batch is generated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from icon2.engines.base import Generation, Sampling
+from icon2.model.chat import end_of_turn_ids
+from icon2.model.hooks import steer, tokenize_left
+
+
+class HFBackend:
+    """transformers ``generate`` in length-sorted, left-padded batches."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        stop_ids: Sequence[int],
+        batch_size: int = 16,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.stop_ids = list(stop_ids)
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        sampling: Sampling,
+        *,
+        vectors: Mapping[int, torch.Tensor] | None = None,
+        desc: str | None = None,
+    ) -> list[Generation]:
+        device = next(self.model.parameters()).device
+        lengths = [len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
+        out: list[Generation | None] = [None] * len(prompts)
+        starts = range(0, len(order), self.batch_size)
+        for n, start in enumerate(tqdm(starts, desc=desc, disable=desc is None, unit="batch")):
+            idx = order[start : start + self.batch_size]
+            batch = tokenize_left(self.tokenizer, [prompts[i] for i in idx], device)
+            batch.pop("position_ids")  # generate derives positions from the attention mask
+            rows = {} if vectors is None else {k: v[idx] for k, v in vectors.items()}
+            # One seed per batch index: identical requests give identical outputs.
+            torch.manual_seed(sampling.seed + n)
+            with steer(self.model, rows):
+                seqs = self.model.generate(**batch, **self._kwargs(sampling))  # type: ignore[operator]
+            for row, i in enumerate(idx):
+                out[i] = self._decode(seqs[row, batch["input_ids"].shape[1] :])
+        return [g for g in out if g is not None]
+
+    def _kwargs(self, s: Sampling) -> dict[str, object]:
+        kw: dict[str, object] = {
+            "max_new_tokens": s.max_new_tokens,
+            "eos_token_id": self.stop_ids,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "repetition_penalty": s.repetition_penalty,
+        }
+        if s.ignore_eos:
+            kw["min_new_tokens"] = s.max_new_tokens
+        if s.temperature > 0:
+            kw.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=0)
+        else:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kw
+
+    def _decode(self, new: torch.Tensor) -> Generation:
+        ids = new.tolist()
+        stops = set(self.stop_ids)
+        cut = next((j for j, t in enumerate(ids) if t in stops), None)
+        if cut is None:
+            # No stop token: the budget ran out (trailing pads cannot occur without a stop).
+            return Generation(self._text(ids), len(ids), "length")
+        return Generation(self._text(ids[:cut]), cut, "stop")
+
+    def _text(self, ids: list[int]) -> str:
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        assert isinstance(text, str)
+        return text
+
+
+def chat_backend(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, batch_size: int
+) -> HFBackend:
+    """An HF backend that stops at the chat template's end-of-turn token (or EOS)."""
+    return HFBackend(model, tokenizer, stop_ids=end_of_turn_ids(tokenizer), batch_size=batch_size)

@@ -1,0 +1,3 @@
+"""Evaluation with local judges only: an LLM judge read from answer-token probabilities or a
+reward model, win rates and the length-controlled win rate.
+"""

@@ -1,0 +1,104 @@
+"""A4: one chosen (+γ⁺) and one rejected (γ⁻) generation per kept instruction.
+
+Both generations use identical decoding settings; the only difference is the sign and size
+of the push along the instruction's own criterion direction in the controlled layers.
+No extra candidates are sampled and no judge is asked.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from icon2.core.errors import InputError
+from icon2.core.tables import PAIR_SCHEMA
+from icon2.engines.base import Backend, Generation, Sampling
+from icon2.model.chat import render_prompt
+from icon2.steps.direction_file import DirectionFile, GammaScale, steering_vectors
+
+DROP_REASONS = ("empty", "truncated", "identical")
+
+
+def generate_pairs(
+    backend: Backend,
+    tokenizer: PreTrainedTokenizerBase,
+    kept: pl.DataFrame,
+    dfile: DirectionFile,
+    *,
+    gamma_pos: float,
+    gamma_neg: float,
+    layers: list[int],
+    scale: GammaScale,
+    sampling: Sampling,
+    system: str | None = None,
+) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Steer, generate, and drop pairs that carry no signal.
+
+    Args:
+        kept: the filter stage's table; uses columns id, instruction, criterion, split.
+        system: system turn for both generations (also put at the head of ``prompt``).
+
+    Returns:
+        (pairs with ``PAIR_SCHEMA`` — prompt/chosen/rejected as chat-message lists, TRL's
+        conversational preference format — and counts: instructions, each drop reason,
+        pairs).
+    """
+    rows = kept.to_dicts()
+    prompts = [render_prompt(tokenizer, r["instruction"], system) for r in rows]
+    head = [] if system is None else [{"role": "system", "content": system}]
+    criteria = [r["criterion"] for r in rows]
+    n = len(rows)
+    # Chosen and rejected rows go through one batched call: per-row vectors carry the
+    # sign, so each instruction's two passes differ only in γ.
+    vectors = steering_vectors(
+        dfile, criteria * 2, [gamma_pos] * n + [gamma_neg] * n, layers, scale
+    )
+    gens = backend.generate(prompts * 2, sampling, vectors=vectors, desc="pairs")
+    counts = dict.fromkeys(DROP_REASONS, 0)
+    out = []
+    for r, c, rj in zip(rows, gens[:n], gens[n:], strict=True):
+        reason = _drop_reason(c, rj)
+        if reason:
+            counts[reason] += 1
+            continue
+        out.append(
+            {
+                "id": r["id"],
+                "split": r["split"],
+                "criterion": r["criterion"],
+                "prompt": [*head, {"role": "user", "content": r["instruction"]}],
+                "chosen": [{"role": "assistant", "content": c.text.strip()}],
+                "rejected": [{"role": "assistant", "content": rj.text.strip()}],
+                "gamma_pos": gamma_pos,
+                "gamma_neg": gamma_neg,
+                "gamma_scale": scale,
+                "layers": layers,
+                "chosen_tokens": c.token_count,
+                "rejected_tokens": rj.token_count,
+                "chosen_finish": c.finish_reason,
+                "rejected_finish": rj.finish_reason,
+            }
+        )
+    counts["instructions"] = n
+    counts["pairs"] = len(out)
+    if not out:
+        raise InputError(
+            f"pairs: all {n} pairs were dropped (empty: {counts['empty']}, truncated: "
+            f"{counts['truncated']}, identical: {counts['identical']}); raise "
+            f"pairs.max_new_tokens or the size of the push (pairs.gamma_pos/gamma_neg)"
+        )
+    table = pl.DataFrame(out, schema=PAIR_SCHEMA)
+    counts["train"] = table.filter(pl.col("split") == "train").height
+    counts["validation"] = table.height - counts["train"]
+    return table, counts
+
+
+def _drop_reason(chosen: Generation, rejected: Generation) -> str | None:
+    a, b = chosen.text.strip(), rejected.text.strip()
+    if not a or not b:
+        return "empty"
+    if chosen.finish_reason != "stop" or rejected.finish_reason != "stop":
+        return "truncated"
+    if a == b:
+        return "identical"
+    return None

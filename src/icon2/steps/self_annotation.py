@@ -1,0 +1,170 @@
+"""SPA (METHOD part B, eqs. 7–8): order two sampled responses by the implicit DPO reward.
+
+r(y) = β [log π_{t−1}(y|x) − log π_init(y|x)] − a·|y|
+(y_w, y_l) = (y1, y2) if σ(r(y1) − r(y2)) > 0.5 else (y2, y1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import polars as pl
+import torch
+from transformers import PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from icon2.core.errors import InputError
+from icon2.core.tables import SPA_PAIR_SCHEMA
+from icon2.engines.base import Backend, Sampling
+from icon2.model.chat import render_prompt
+from icon2.model.logprobs import response_logps
+from icon2.train.losses import length_penalised_reward, prefer_first
+
+
+def order_pairs(
+    policy: PreTrainedModel,
+    init: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    instructions: Sequence[str],
+    first: Sequence[str],
+    second: Sequence[str],
+    *,
+    beta: float,
+    length_penalty: float,
+    ended: tuple[Sequence[bool], Sequence[bool]] | None = None,
+    system: str | None = None,
+    batch_size: int = 8,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(first_wins [n] bool, reward_first [n], reward_second [n]) by eqs. 7–8."""
+    rewards = []
+    flags = ended or (None, None)
+    for responses, done in zip((first, second), flags, strict=True):
+        pol, n_tok = response_logps(
+            policy,
+            tokenizer,
+            instructions,
+            responses,
+            ended=done,
+            system=system,
+            batch_size=batch_size,
+        )
+        ini, _ = response_logps(
+            init,
+            tokenizer,
+            instructions,
+            responses,
+            ended=done,
+            system=system,
+            batch_size=batch_size,
+        )
+        rewards.append(length_penalised_reward(pol, ini, n_tok.double(), beta, length_penalty))
+    return prefer_first(rewards[0], rewards[1]), rewards[0], rewards[1]
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """One SPA iteration's self-annotated pairs (``SPA_PAIR_SCHEMA``) and its counts."""
+
+    table: pl.DataFrame
+    counts: dict[str, int | float]
+
+
+def prompt_slice(texts: Sequence[str], iteration: int, size: int, where: str) -> list[str]:
+    """The ``iteration``-th (1-based) disjoint slice of ``size`` prompts."""
+    chunk = list(texts[(iteration - 1) * size : iteration * size])
+    if not chunk:
+        raise InputError(
+            f"{where}: no prompts left for spa iteration {iteration} "
+            f"({len(texts)} prompts, {size} per iteration)"
+        )
+    return chunk
+
+
+def self_annotate(
+    backend: Backend,
+    policy: PreTrainedModel,
+    init: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    instructions: Sequence[str],
+    *,
+    sampling: Sampling,
+    system: str | None,
+    beta: float,
+    length_penalty: float,
+    label: str = "spa",
+    batch_size: int = 8,
+) -> Annotation:
+    """Part B steps 1a–1b: sample two answers per prompt from π_{t−1}, order them by eq. 7–8.
+
+    Both answers are sampled and scored under the same rendered prompt (``system`` turn
+    included), and a truncated answer is scored without an end-of-turn token it never
+    produced. METHOD part B samples up to a token budget and compares what comes out:
+    unlike the steered pairs (A4), truncated answers are kept; only pairs with an empty
+    answer or two identical answers are dropped (nothing to compare).
+    """
+    prompts = [render_prompt(tokenizer, x, system) for x in instructions]
+    gens = backend.generate(prompts * 2, sampling, desc=f"{label} sample")
+    n = len(instructions)
+    first, second = gens[:n], gens[n:]
+    keep = [
+        i
+        for i in range(n)
+        if first[i].text.strip()
+        and second[i].text.strip()
+        and first[i].text.strip() != second[i].text.strip()
+    ]
+    if not keep:
+        raise InputError(
+            f"{label}: all {n} response pairs were empty or identical; "
+            f"raise spa.temperature or spa.max_new_tokens"
+        )
+    ended = (
+        [first[i].finish_reason == "stop" for i in keep],
+        [second[i].finish_reason == "stop" for i in keep],
+    )
+    finish = ([first[i].finish_reason for i in keep], [second[i].finish_reason for i in keep])
+    xs = [instructions[i] for i in keep]
+    y1 = [first[i].text.strip() for i in keep]
+    y2 = [second[i].text.strip() for i in keep]
+    first_wins, r1, r2 = order_pairs(
+        policy,
+        init,
+        tokenizer,
+        xs,
+        y1,
+        y2,
+        beta=beta,
+        length_penalty=length_penalty,
+        ended=ended,
+        system=system,
+        batch_size=batch_size,
+    )
+    head = [] if system is None else [{"role": "system", "content": system}]
+    rows = []
+    for j, x in enumerate(xs):
+        wins = bool(first_wins[j])
+        rows.append(
+            {
+                "split": "train",
+                "prompt": [*head, {"role": "user", "content": x}],
+                "chosen": [{"role": "assistant", "content": y1[j] if wins else y2[j]}],
+                "rejected": [{"role": "assistant", "content": y2[j] if wins else y1[j]}],
+                "reward_chosen": float(r1[j] if wins else r2[j]),
+                "reward_rejected": float(r2[j] if wins else r1[j]),
+                "chosen_finish": finish[0][j] if wins else finish[1][j],
+                "rejected_finish": finish[1][j] if wins else finish[0][j],
+            }
+        )
+    table = pl.DataFrame(rows, schema=SPA_PAIR_SCHEMA)
+    gap = (table["reward_chosen"] - table["reward_rejected"]).to_numpy()
+    counts: dict[str, int | float] = {
+        "prompts": n,
+        "pairs": table.height,
+        "dropped": n - table.height,
+        "truncated_responses": sum(not e for side in ended for e in side),
+        "first_preferred": int(first_wins.sum()),
+        "tied_rewards": int((gap == 0).sum()),
+        "mean_reward_gap": float(gap.mean()),
+    }
+    return Annotation(table, counts)

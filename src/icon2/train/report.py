@@ -1,0 +1,72 @@
+"""Turn a trainer's log history into the train stage's metrics and plot rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+STEP_KEYS = {
+    "loss": "loss",
+    "rewards/accuracies": "reward_accuracy",
+    "rewards/margins": "reward_margin",
+    "rewards/chosen": "reward_chosen",
+    "rewards/rejected": "reward_rejected",
+    "spa/flagged_fraction": "spa_flagged_fraction",
+    "dro/weighted_loss": "dro_weighted_loss",
+    "dro/mean_shift": "dro_mean_shift",
+}
+
+
+def step_rows(history: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """One row per logged training step: step plus the renamed metrics present."""
+    rows = []
+    for entry in history:
+        if "loss" not in entry or "step" not in entry:
+            continue
+        row: dict[str, float] = {"step": float(entry["step"])}
+        for key, name in STEP_KEYS.items():
+            if key in entry:
+                row[name] = round(float(entry[key]), 6)
+        rows.append(row)
+    return rows
+
+
+def final_eval(history: list[dict[str, Any]]) -> dict[str, float]:
+    """The last evaluation's metrics, keys without the ``eval_`` prefix."""
+    evals = [e for e in history if "eval_loss" in e]
+    if not evals:
+        return {}
+    last = evals[-1]
+    return {
+        STEP_KEYS.get(k.removeprefix("eval_"), k.removeprefix("eval_").replace("/", "_")): round(
+            float(v), 6
+        )
+        for k, v in last.items()
+        if k.startswith("eval_") and isinstance(v, int | float)
+    }
+
+
+HEADLINE_EVAL = ("loss", "reward_accuracy", "reward_margin")
+HEADLINE_TRAIN = ("loss", "reward_accuracy")
+
+
+def headline(history: list[dict[str, Any]]) -> dict[str, float]:
+    """The few numbers worth comparing across experiments: the last logged training step's
+    loss, reward accuracy and margin, and the final evaluation's (``eval_*``)."""
+    steps = step_rows(history)
+    last = steps[-1] if steps else {}
+    out = {f"final_{k}": last[k] for k in HEADLINE_TRAIN if k in last}
+    evals = final_eval(history)
+    out.update({f"eval_{k}": evals[k] for k in HEADLINE_EVAL if k in evals})
+    return out
+
+
+def steps_frame(history: list[dict[str, Any]]) -> pl.DataFrame:
+    """Per-step series for ``dvc plots``: step, loss, reward accuracy, margin (NaN if absent)."""
+    rows = step_rows(history)
+    cols = ("step", "loss", "reward_accuracy", "reward_margin")
+    return pl.DataFrame(
+        {c: [float(r.get(c, float("nan"))) for r in rows] for c in cols},
+        schema=dict.fromkeys(cols, pl.Float64),
+    )

@@ -1,0 +1,109 @@
+"""One entry point for every training run (the ``train`` stage, each ``spa@t`` iteration,
+the benchmark): build the trainer in a scratch directory, train, time it, and save the
+checkpoint with a model card that names its parent, its data and its params.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+from transformers import PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from icon2.core.io import weights_hash
+from icon2.core.params import TrainParams
+from icon2.model.loading import MODEL_CARD
+from icon2.train.config import make_trainer
+from icon2.train.trainer import Icon2DPOTrainer
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    trainer: Icon2DPOTrainer
+    seconds: float
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return list(self.trainer.state.log_history)
+
+    @property
+    def steps(self) -> int:
+        return int(self.trainer.state.global_step)
+
+    @property
+    def dro_summary(self) -> dict[str, float | int]:
+        """DRO's solves and how its weights relate to confusion (empty for other losses)."""
+        t = self.trainer
+        if t.variant != "dro":
+            return {}
+        out: dict[str, float | int] = {
+            "dro_solves": t.dro_solves,
+            "dro_solve_seconds": round(t.dro_solve_seconds, 4),
+        }
+        if t.dro_weight_confusion_corr is not None:
+            out["dro_weight_confusion_corr"] = round(t.dro_weight_confusion_corr, 4)
+        return out
+
+
+def train(
+    tp: TrainParams,
+    *,
+    policy: PreTrainedModel,
+    ref: PreTrainedModel | None,
+    tokenizer: PreTrainedTokenizerBase,
+    train_dataset: datasets.Dataset,
+    eval_dataset: datasets.Dataset | None,
+    seed: int,
+) -> TrainResult:
+    """Train ``policy`` in place against ``ref`` with the ``train`` section ``tp``.
+
+    TRL wants an output directory; nothing is saved there (``save_strategy="no"``), so it is
+    a temporary one and the caller saves the checkpoint with :func:`save_checkpoint`.
+    """
+    policy.train()
+    with tempfile.TemporaryDirectory(prefix="icon2-train-") as scratch:
+        trainer = make_trainer(
+            tp,
+            model=policy,
+            ref_model=ref,
+            tokenizer=tokenizer,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            output_dir=Path(scratch),
+            seed=seed,
+        )
+        t0 = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - t0
+    return TrainResult(trainer, seconds)
+
+
+def save_checkpoint(
+    out_dir: Path,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    parent: dict[str, Any],
+    name: str,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Save weights, tokenizer and a card recording the parent model and ``extra``."""
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    card = {
+        **{k: parent[k] for k in ("num_layers", "hidden_size", "dtype", "revision")},
+        "name": name,
+        "kind": "trained",
+        "parent": parent["name"],
+        "parent_weights_sha256": parent["weights_sha256"],
+        "weights_sha256": weights_hash(out_dir),
+        **extra,
+    }
+    (out_dir / MODEL_CARD).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    return card

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from icon2.evaluate.cost import (
+    CostRecord,
+    Meter,
+    cost_ratio,
+    cost_table,
+    device_kind,
+    records_frame,
+)
+
+RECORDS = [
+    CostRecord("synthesize", "shared", "response generation", 3600.0, "cpu", 1, 500, 0),
+    CostRecord("directions", "icon2", "preference annotation", 720.0, "cpu", 1, 0, 1000),
+    CostRecord("score", "icon2", "preference annotation", 1800.0, "H100", 2, 0, 4000),
+    CostRecord("pairs", "icon2", "response generation", 5400.0, "H100", 2, 800, 300),
+    CostRecord("sample", "sampling_ranking", "response generation", 9000.0, "H100", 2, 2000, 750),
+    CostRecord("rank", "sampling_ranking", "preference annotation", 1800.0, "H100", 1, 0, 6000),
+]
+
+
+def test_table_matches_hand_sums() -> None:
+    table = cost_table(records_frame(RECORDS), price_per_device_hour=2.5)
+    rows = {r["method"]: r for r in table.iter_rows(named=True)}
+    assert list(rows) == ["icon2", "sampling_ranking", "shared"]
+    icon2 = rows["icon2"]
+    # annotation: 720 s × 1 + 1800 s × 2 = 4320 s = 1.2 device-hours; generation: 5400 × 2 = 3 h
+    assert icon2["annotation_hours"] == pytest.approx(1.2)
+    assert icon2["generation_hours"] == pytest.approx(3.0)
+    assert icon2["total_hours"] == pytest.approx(4.2)
+    assert icon2["total_money"] == pytest.approx(10.5)
+    assert icon2["annotation_money"] == pytest.approx(3.0)
+    assert icon2["wall_seconds"] == pytest.approx(720 + 1800 + 5400)
+    assert (icon2["tokens_generated"], icon2["tokens_read"]) == (800, 5300)
+    sr = rows["sampling_ranking"]
+    assert (sr["generation_hours"], sr["annotation_hours"]) == pytest.approx((5.0, 0.5))
+    assert rows["shared"]["generation_hours"] == pytest.approx(1.0)
+    assert rows["shared"]["annotation_hours"] == 0.0
+    # per-record device-hours add up to the table
+    assert sum(r.device_hours for r in RECORDS) == pytest.approx(table["total_hours"].sum())
+
+
+def test_ratio_icon2_over_sampling_ranking() -> None:
+    table = cost_table(records_frame(RECORDS), price_per_device_hour=1.0)
+    ratio = cost_ratio(table)
+    assert ratio["generation"] == pytest.approx(3.0 / 5.0)
+    assert ratio["annotation"] == pytest.approx(1.2 / 0.5)
+    assert ratio["total"] == pytest.approx(4.2 / 5.5)
+    no_annotation = cost_table(records_frame(RECORDS[:4] + RECORDS[4:5]), price_per_device_hour=1)
+    assert cost_ratio(no_annotation)["annotation"] is None
+
+
+def test_bad_input() -> None:
+    table = cost_table(records_frame(RECORDS), price_per_device_hour=1.0)
+    with pytest.raises(ValueError, match=r"'self_refining'.*icon2"):
+        cost_ratio(table, denominator="self_refining")
+    with pytest.raises(ValueError, match="category"):
+        CostRecord("x", "icon2", "training", 1.0, "cpu", 1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="device_count"):
+        CostRecord("x", "icon2", "response generation", 1.0, "cpu", 0)
+    with pytest.raises(ValueError, match="wall_seconds"):
+        CostRecord("x", "icon2", "response generation", float("nan"), "cpu", 1)
+    with pytest.raises(ValueError, match="price"):
+        cost_table(records_frame(RECORDS), price_per_device_hour=-1)
+    with pytest.raises(ValueError, match="keys"):
+        CostRecord.from_json({"stage": "x"})
+
+
+def test_json_round_trip() -> None:
+    assert all(CostRecord.from_json(r.to_json()) == r for r in RECORDS)
+
+
+def test_meter_adds_up_timed_blocks() -> None:
+    meter = Meter("pairs", "icon2", "response generation", device_kind=device_kind("cpu"))
+    for _ in range(2):
+        with meter:
+            time.sleep(0.01)
+    meter.tokens_generated += 7
+    rec = meter.record()
+    assert rec.device_kind == "cpu" and rec.device_count == 1
+    assert 0.02 <= rec.wall_seconds < 1.0 and rec.tokens_generated == 7

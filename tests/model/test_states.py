@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from icon2.core.errors import ModelError
+from icon2.model.chat import pre_query_template, render_prompt
+from icon2.model.states import last_token_states
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Write a poem.",
+    "How do I sort a list in Python using the sorted function and a key?",
+    "Solve 12 * 7.",
+    "Tell me a story about a dragon who learned to cook soup.",
+]
+
+
+def test_batched_equals_one_at_a_time(tiny_model: Any) -> None:
+    model, tok = tiny_model
+    texts = [render_prompt(tok, q, "You are an honest assistant.") for q in QUESTIONS]
+    batched = last_token_states(model, tok, texts, batch_size=4)
+    single = torch.cat([last_token_states(model, tok, [t], batch_size=1) for t in texts])
+    assert batched.shape == (5, 3, 64)
+    torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-5)
+
+
+def test_matches_output_hidden_states(tiny_model: Any) -> None:
+    model, tok = tiny_model
+    text = render_prompt(tok, QUESTIONS[0])
+    ours = last_token_states(model, tok, [text], layers=[1, 2])
+    enc = tok(text, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        hs = model(**enc, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(ours[0, 0], hs[1][0, -1])
+    torch.testing.assert_close(ours[0, 1], hs[2][0, -1])
+
+
+def test_shared_prefix_cache_equals_plain_read(tiny_model: Any) -> None:
+    model, tok = tiny_model
+    system = "You are a helpful assistant. Be harmless."
+    texts = [render_prompt(tok, q, system) for q in QUESTIONS]
+    plain = last_token_states(model, tok, texts, batch_size=3)
+    shared = last_token_states(
+        model, tok, texts, batch_size=3, shared_prefix=pre_query_template(tok, system)
+    )
+    torch.testing.assert_close(plain, shared, rtol=1e-4, atol=1e-5)
+
+
+def test_layer_subset_and_order(tiny_model: Any) -> None:
+    model, tok = tiny_model
+    texts = [render_prompt(tok, q) for q in QUESTIONS[:2]]
+    full = last_token_states(model, tok, texts)
+    sub = last_token_states(model, tok, texts, layers=[3, 1])
+    torch.testing.assert_close(sub[:, 0], full[:, 2])
+    torch.testing.assert_close(sub[:, 1], full[:, 0])
+
+
+def test_layer_outside_model_is_an_error(tiny_model: Any) -> None:
+    model, tok = tiny_model
+    with pytest.raises(ModelError, match=r"layer\(s\) \[4\] are outside the model.*1\.\.3"):
+        last_token_states(model, tok, ["x"], layers=[1, 4])

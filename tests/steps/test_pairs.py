@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import polars as pl
+import torch
+
+from icon2.core.tables import PAIR_SCHEMA
+from icon2.engines.base import Generation, Sampling
+from icon2.steps.direction_file import DirectionFile, layer_scale, steering_vectors
+from icon2.steps.directions import CriterionDirections
+from icon2.steps.pairs import generate_pairs
+
+
+def _dfile(d: int = 64, layers: int = 3) -> DirectionFile:
+    crit = {}
+    for i, name in enumerate(["honesty", "general"]):
+        direction = torch.zeros(layers, d)
+        direction[:, i] = 1.0
+        crit[name] = CriterionDirections(
+            direction=direction,
+            evr=torch.full((layers,), 0.5),
+            contrastive_norm=torch.tensor([1.0, 2.0, 3.0]) * (i + 1),
+            hidden_norm=torch.tensor([10.0, 20.0, 30.0]),
+            mean_projection=torch.ones(layers),
+        )
+    return DirectionFile(layers=[1, 2, 3], criteria=crit, meta={})
+
+
+class FakeBackend:
+    """Answers from a script keyed by (prompt, sign of the steering at layer 2, column 0/1)."""
+
+    def __init__(self, answers: dict[str, tuple[Generation, Generation]]) -> None:
+        self.answers = answers
+        self.calls: list[tuple[list[str], dict[int, torch.Tensor]]] = []
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        sampling: Sampling,
+        *,
+        vectors: Mapping[int, torch.Tensor] | None = None,
+        desc: str | None = None,
+    ) -> list[Generation]:
+        assert vectors is not None
+        self.calls.append((list(prompts), dict(vectors)))
+        out = []
+        for i, p in enumerate(prompts):
+            sign = float(vectors[2][i].sum())
+            out.append(self.answers[p][0 if sign > 0 else 1])
+        return out
+
+
+def _g(text: str, reason: str = "stop") -> Generation:
+    return Generation(text, len(text.split()), reason)  # type: ignore[arg-type]
+
+
+def test_steering_vectors_scale_and_sign() -> None:
+    d = _dfile()
+    v = steering_vectors(d, ["honesty", "general"], [0.1, -0.05], [2, 3], "contrastive_norm")
+    torch.testing.assert_close(v[2][0, 0], torch.tensor(0.1 * 2.0))
+    torch.testing.assert_close(v[3][1, 1], torch.tensor(-0.05 * 6.0))
+    assert float(v[2][0, 1]) == 0.0 and float(v[2][1, 0]) == 0.0
+    assert layer_scale(d, "honesty", 3, "hidden_norm") == 30.0
+    assert layer_scale(d, "honesty", 3, "unit") == 1.0
+
+
+def test_generate_pairs_format_and_drops(tiny_model: Any) -> None:
+    _, tok = tiny_model
+    kept = pl.DataFrame(
+        {
+            "id": ["a", "b", "c", "d", "e"],
+            "instruction": ["good", "same", "empty", "long", "fine"],
+            "criterion": ["honesty", "general", "honesty", "general", "general"],
+            "split": ["train", "train", "train", "validation", "validation"],
+        }
+    )
+    from icon2.model.chat import render_prompt
+
+    script = {
+        "good": (_g("A kind answer."), _g("A rude answer.")),
+        "same": (_g("Same."), _g("Same.")),
+        "empty": (_g("Something."), _g("  ")),
+        "long": (_g("Cut off", "length"), _g("Fine.")),
+        "fine": (_g("Yes, gladly."), _g("No.")),
+    }
+    backend = FakeBackend({render_prompt(tok, k): v for k, v in script.items()})
+    pairs, counts = generate_pairs(
+        backend,
+        tok,
+        kept,
+        _dfile(),
+        gamma_pos=0.1,
+        gamma_neg=-0.05,
+        layers=[2, 3],
+        scale="contrastive_norm",
+        sampling=Sampling(),
+    )
+    assert len(backend.calls) == 1 and len(backend.calls[0][0]) == 10  # two passes each
+    assert counts == {
+        "identical": 1,
+        "empty": 1,
+        "truncated": 1,
+        "instructions": 5,
+        "pairs": 2,
+        "train": 1,
+        "validation": 1,
+    }
+    assert pairs.schema == pl.Schema(PAIR_SCHEMA)
+    row = pairs.row(0, named=True)
+    assert row["prompt"] == [{"role": "user", "content": "good"}]
+    assert row["chosen"] == [{"role": "assistant", "content": "A kind answer."}]
+    assert row["rejected"] == [{"role": "assistant", "content": "A rude answer."}]
+    assert row["layers"] == [2, 3] and row["criterion"] == "honesty"
+    assert pairs["split"].to_list() == ["train", "validation"]
+
+
+def test_system_prompt_is_used_for_generation_and_kept_in_the_prompt(tiny_model: Any) -> None:
+    _, tok = tiny_model
+    from icon2.model.chat import render_prompt
+
+    kept = pl.DataFrame(
+        {"id": ["a"], "instruction": ["hi"], "criterion": ["honesty"], "split": ["train"]}
+    )
+    backend = FakeBackend({render_prompt(tok, "hi", "Be brief."): (_g("Hello!"), _g("Go."))})
+    pairs, _ = generate_pairs(
+        backend,
+        tok,
+        kept,
+        _dfile(),
+        gamma_pos=0.1,
+        gamma_neg=-0.05,
+        layers=[2],
+        scale="unit",
+        sampling=Sampling(),
+        system="Be brief.",
+    )
+    assert pairs.row(0, named=True)["prompt"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hi"},
+    ]
