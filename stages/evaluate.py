@@ -11,11 +11,18 @@ import typer
 from icon2.core.io import write_csv, write_json, write_jsonl
 from icon2.core.provenance import provenance
 from icon2.core.tables import read_prompts
+from icon2.engines import make_backend
 from icon2.engines.base import Sampling
-from icon2.engines.hf import chat_backend
-from icon2.evaluate.compare import headline_metrics, make_judge, outcome_frame, sample_rows
+from icon2.evaluate.compare import (
+    check_judge,
+    headline_metrics,
+    make_judge,
+    outcome_frame,
+    sample_rows,
+)
 from icon2.evaluate.winrate import summarize
 from icon2.model.chat import render_prompt
+from icon2.model.loading import read_card
 from icon2.stage import load_model, open_stage, user_errors
 
 
@@ -33,6 +40,10 @@ def main(
     p = open_stage(params)
     cfg = p.evaluate
     instructions, criteria = read_prompts(prompts, split="validation", limit=cfg.max_prompts)
+    # Everything the stage will need is checked before the first answer is generated.
+    check_judge(cfg.judge, cfg.reward_model)
+    read_card(base_dir)
+    read_card(trained_dir)
     sampling = Sampling(
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,
@@ -42,9 +53,10 @@ def main(
     base, tok, base_card = load_model(base_dir, p)
     trained, trained_tok, trained_card = load_model(trained_dir, p)
     answers = {}
-    for name, model, t in (("trained", trained, trained_tok), ("base", base, tok)):
+    runs = (("trained", trained, trained_tok, trained_dir), ("base", base, tok, base_dir))
+    for name, model, t, model_dir in runs:
         rendered = [render_prompt(t, q, p.base.system_prompt) for q in instructions]
-        backend = chat_backend(model, t, batch_size=cfg.batch_size)
+        backend = make_backend(p, model_dir, model, t, batch_size=cfg.batch_size)
         answers[name] = backend.generate(rendered, sampling, desc=f"answers {name}")
     del trained
     judge, judge_name = make_judge(cfg.judge, cfg.reward_model, base, tok, p.base.dtype)

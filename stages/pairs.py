@@ -11,10 +11,12 @@ from icon2.core.io import write_json
 from icon2.core.layers import resolve_layers
 from icon2.core.provenance import provenance
 from icon2.core.tables import PAIR_SCHEMA, read_kept, write_table
+from icon2.engines import make_backend
 from icon2.engines.base import Sampling
-from icon2.engines.hf import chat_backend
+from icon2.evaluate.metered import MeteredBackend, stage_meter, write_cost
+from icon2.model.loading import read_card
 from icon2.stage import load_model, open_stage, user_errors
-from icon2.steps.direction_file import check_same_model, load_directions
+from icon2.steps.direction_file import check_criteria, check_same_model, load_directions
 from icon2.steps.pairs import generate_pairs
 
 
@@ -25,13 +27,19 @@ def main(
     kept: Annotated[Path, typer.Option(help="kept.parquet from the filter stage.")],
     out: Annotated[Path, typer.Option(help="pairs.parquet to write.")],
     metrics: Annotated[Path, typer.Option(help="Metrics JSON to write.")],
+    cost: Annotated[Path | None, typer.Option(help="Cost records (JSON) to write.")] = None,
     params: Annotated[Path, typer.Option(help="Params file.")] = Path("params.yaml"),
 ) -> None:
     p = open_stage(params)
     cfg = p.pairs
-    model, tokenizer, card = load_model(model_dir, p)
+    # Every input is checked before the model is loaded.
+    table = read_kept(kept)
+    if cfg.max_instructions is not None:
+        table = table.head(cfg.max_instructions)
+    card = read_card(model_dir)
     dfile = load_directions(directions)
     check_same_model(dfile, card, directions)
+    check_criteria(dfile, table["criterion"].unique().to_list(), str(kept), directions)
     layers = resolve_layers(
         cfg.layers,
         card["num_layers"],
@@ -40,9 +48,7 @@ def main(
         within=dfile.layers,
         source=str(directions),
     )
-    table = read_kept(kept)
-    if cfg.max_instructions is not None:
-        table = table.head(cfg.max_instructions)
+    model, tokenizer, card = load_model(model_dir, p)
     sampling = Sampling(
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,
@@ -50,8 +56,10 @@ def main(
         repetition_penalty=cfg.repetition_penalty,
         seed=p.base.seed,
     )
+    meter = stage_meter("pairs", "icon2", "response generation", p.base.device)
+    backend = make_backend(p, model_dir, model, tokenizer, batch_size=cfg.batch_size, steering=True)
     pairs, counts = generate_pairs(
-        chat_backend(model, tokenizer, batch_size=cfg.batch_size),
+        MeteredBackend(backend, meter, tokenizer),
         tokenizer,
         table,
         dfile,
@@ -65,6 +73,7 @@ def main(
     meta = provenance("pairs", p, {"directions": directions, "kept": kept}, card)
     write_table(out, pairs, PAIR_SCHEMA, meta)
     write_json(metrics, counts)
+    write_cost(cost, [meter])
     typer.echo(f"pairs: {counts['instructions']} instructions -> {counts['pairs']} pairs -> {out}")
 
 

@@ -17,10 +17,10 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.slow
 
 
-def _dvc(cwd: Path, *args: str) -> str:
+def run_dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     # Stage commands call `python`: put this interpreter's environment first on PATH.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "dvc", *args],
         cwd=cwd,
         capture_output=True,
@@ -28,20 +28,33 @@ def _dvc(cwd: Path, *args: str) -> str:
         check=False,
         env=env,
     )
+
+
+def _dvc(cwd: Path, *args: str) -> str:
+    done = run_dvc(cwd, *args)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
-    root = tmp_path_factory.mktemp("project")
-    for name in ("dvc.yaml", "stages", "src", "data/features.jsonl"):
+# What a pipeline run reads from the repository (besides params.yaml and data files).
+PIPELINE = ("dvc.yaml", "stages", "src", "configs")
+
+
+def copy_pipeline(root: Path, *extra: str) -> None:
+    """Copy the pipeline's code and config, plus ``extra`` repository paths, into ``root``."""
+    for name in (*PIPELINE, *extra):
         src, dst = REPO / name, root / name
         dst.parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(src, dst)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    copy_pipeline(root, "data/features.jsonl")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["base"]["model"] = str(tiny_model_dir)
     params["directions"].update(max_features=12, batch_size=6)

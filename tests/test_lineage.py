@@ -1,8 +1,10 @@
 """dvc.yaml's declarations match the code: every stage depends on all the package code it
-can import, and on exactly the params it reads (icon2.core.params.STAGE_PARAMS)."""
+can import, and on exactly the params it reads (icon2.core.params.STAGE_PARAMS). The same
+holds for the comparison pipeline (comparison/dvc.yaml), whose stages run from the root."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,11 +14,16 @@ from icon2.core.lineage import import_closure
 from icon2.core.params import STAGE_PARAMS
 from tests.conftest import REPO
 
-STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+PIPELINES = ("dvc.yaml", "comparison/dvc.yaml")
+STAGES = {
+    (f, name): spec
+    for f in PIPELINES
+    for name, spec in yaml.safe_load((REPO / f).read_text())["stages"].items()
+}
 
 
-def _spec(name: str) -> dict[str, list[str]]:
-    spec = STAGES[name]
+def _spec(key: tuple[str, str]) -> dict[str, list[str]]:
+    spec = STAGES[key]
     return spec["do"] if "foreach" in spec else spec  # type: ignore[no-any-return]
 
 
@@ -25,9 +32,10 @@ def _covered(path: Path, deps: list[str]) -> bool:
     return any(rel == d or rel.startswith(d.rstrip("/") + "/") for d in deps)
 
 
-@pytest.mark.parametrize("name", sorted(STAGES))
-def test_stage_deps_cover_its_import_closure(name: str) -> None:
-    deps = [d for d in _spec(name)["deps"] if isinstance(d, str)]
+@pytest.mark.parametrize("key", sorted(STAGES), ids=lambda k: f"{k[0]}:{k[1]}")
+def test_stage_deps_cover_its_import_closure(key: tuple[str, str]) -> None:
+    name = key[1]
+    deps = [d for d in _spec(key)["deps"] if isinstance(d, str)]
     script = REPO / "stages" / f"{name}.py"
     assert f"stages/{name}.py" in deps
     closure = import_closure(script, REPO / "src")
@@ -35,10 +43,19 @@ def test_stage_deps_cover_its_import_closure(name: str) -> None:
     assert not missing, f"dvc.yaml stage {name!r} imports code it does not depend on: {missing}"
 
 
-@pytest.mark.parametrize("name", sorted(STAGES))
-def test_stage_params_match_the_provenance_list(name: str) -> None:
-    declared = [str(k).replace("${key}", "{t}") for k in _spec(name)["params"]]
-    assert sorted(declared) == sorted(STAGE_PARAMS[name])
+@pytest.mark.parametrize("key", sorted(STAGES), ids=lambda k: f"{k[0]}:{k[1]}")
+def test_stage_params_match_the_provenance_list(key: tuple[str, str]) -> None:
+    declared = [str(k).replace("${key}", "{t}") for k in _spec(key)["params"]]
+    assert sorted(declared) == sorted(STAGE_PARAMS[key[1]])
+
+
+def test_comparison_paths_repeat_the_root_paths() -> None:
+    """comparison/dvc.yaml cannot read ./dvc.yaml's vars: its copies must not drift."""
+    root = yaml.safe_load((REPO / "dvc.yaml").read_text())["vars"][0]["paths"]
+    comparison = yaml.safe_load((REPO / "comparison/dvc.yaml").read_text())["vars"][1]["root"]
+    assert {k: root.get(k) for k in comparison} == comparison
+    for spec in yaml.safe_load((REPO / "comparison/dvc.yaml").read_text())["stages"].values():
+        assert (spec["do"] if "foreach" in spec else spec)["wdir"] == ".."
 
 
 def test_closure_follows_lazy_imports(tmp_path: Path) -> None:
@@ -47,3 +64,12 @@ def test_closure_follows_lazy_imports(tmp_path: Path) -> None:
     script.write_text("def f():\n    from icon2.core.layers import middle_third\n")
     files = {f.relative_to(REPO / "src").as_posix() for f in import_closure(script, REPO / "src")}
     assert {"icon2/core/layers.py", "icon2/core/errors.py", "icon2/core/__init__.py"} <= files
+
+
+def test_no_stage_script_shadows_the_standard_library() -> None:
+    """`python stages/x.py` puts stages/ first on sys.path: a stages/select.py would be
+    imported by `subprocess` in place of the standard library's `select`, in every stage."""
+    clash = sorted(
+        f.stem for f in (REPO / "stages").glob("*.py") if f.stem in sys.stdlib_module_names
+    )
+    assert not clash, f"stage scripts named like standard-library modules: {clash}"

@@ -69,3 +69,44 @@ def test_table_schema_and_provenance_roundtrip(tmp_path: Path) -> None:
         write_table(tmp_path / "u.parquet", frame, {"score": pl.Int64}, {})
     assert not (tmp_path / "u.parquet").exists()
     assert json.loads(json.dumps(read_provenance(path)))
+
+
+def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path: Path) -> None:
+    """A dead writer's temporaries (and the pid-less names of earlier versions) go at the
+    next write of the same output; a live writer's, and other files, stay."""
+    import os
+    import subprocess
+    import sys
+
+    from icon2.core.io import atomic_dir, clean_stale
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(dead.stdout)
+    stale_dir = tmp_path / f".model.tmp-{dead_pid}-abcd1234"
+    stale_dir.mkdir()
+    (stale_dir / "model.safetensors").write_bytes(b"x" * 1000)
+    legacy_dir = tmp_path / ".model.k2j4_x9q"
+    legacy_dir.mkdir()
+    legacy_file = tmp_path / ".kept.parquet.ab12cd34.tmp"
+    legacy_file.write_bytes(b"half")
+    live = tmp_path / f".model.tmp-{os.getpid()}-zzzz0000"  # a writer still running
+    live.mkdir()
+    others = [tmp_path / ".model.notes", tmp_path / "model.bak", tmp_path / ".other.tmp-1-x"]
+    for p in others:
+        p.write_text("keep")
+
+    with atomic_dir(tmp_path / "model") as tmp:
+        (tmp / "w.bin").write_bytes(b"w")
+    assert not stale_dir.exists() and not legacy_dir.exists()
+    assert live.exists() and all(p.exists() for p in others)
+    assert legacy_file.exists()  # another output's temporary: cleaned when that one is written
+    assert clean_stale(tmp_path / "kept.parquet") == [legacy_file]
+    with atomic_path(tmp_path / "kept.parquet") as tmp:
+        tmp.write_bytes(b"ok")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted([live.name, "kept.parquet", "model", *(p.name for p in others)])

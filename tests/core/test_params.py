@@ -4,6 +4,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from icon2.core.errors import ParamsError
 from icon2.core.params import load_params
@@ -52,7 +53,12 @@ def test_gpu_params_file_is_valid_and_paper_scale() -> None:
     assert p.pairs.layers == list(range(10, 21))
     assert (p.pairs.gamma_pos, p.pairs.gamma_neg) == (0.1, -0.05)
     assert p.train.learning_rate == 5e-7
-    assert p.train.per_device_train_batch_size * p.train.gradient_accumulation_steps == 128
+    # Global batch 128 = per-device batch × accumulation × processes (8 GPUs under ZeRO-3).
+    assert p.train.accelerate_config == "configs/accelerate/zero3.yaml"
+    launch = yaml.safe_load((REPO / p.train.accelerate_config).read_text())
+    tp = p.train
+    assert tp.per_device_train_batch_size * tp.gradient_accumulation_steps * 8 == 128
+    assert launch["num_processes"] == 8 and launch["deepspeed_config"]["zero_stage"] == 3
     assert p.synthesize.count == 1_000_000 and p.filter.value == 100_000
 
 
@@ -60,3 +66,33 @@ def test_spa_iteration_keys_are_numbers(write_params: Callable[..., Path]) -> No
     bad = {"spa": {"iterations": {"first": {"previous": "data/train/model"}}}}
     with pytest.raises(ParamsError, match=r"spa\.iterations: key 'first' must be"):
         load_params(write_params(bad))
+
+
+def test_yaml_reading_is_strict_but_reads_exponents(tmp_path: Path) -> None:
+    """A key written twice anywhere is an error naming both lines; `1e-5` (a string in
+    YAML 1.1) is read as the float it looks like, so strict floats do not refuse it."""
+    text = (REPO / "params.yaml").read_text()
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace("learning_rate: 2.0e-5", "learning_rate: 1e-5"))
+    assert load_params(path).train.learning_rate == 1e-5
+    path.write_text(text.replace("  beta: 0.1\n", "  beta: 0.1\n  beta: 0.2\n", 1))
+    with pytest.raises(ParamsError, match=r"key 'beta' is written twice \(first on line \d+\)"):
+        load_params(path)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("pairs", "gamma_neg", float("-inf"), "finite number"),
+        ("train", "beta", float("nan"), "finite number"),
+        ("directions", "batch_size", False, "valid integer"),
+        ("train", "max_steps", 3.0, "valid integer"),
+        ("base", "seed", 2**32, "32 bits"),
+        ("base", "model", "", "must name a model"),
+    ],
+)
+def test_strict_values(
+    write_params: Callable[..., Path], section: str, key: str, value: object, message: str
+) -> None:
+    with pytest.raises(ParamsError, match=rf"{section}\.{key}: .*{message}"):
+        load_params(write_params({section: {key: value}}))

@@ -52,6 +52,11 @@ def pairs(tmp_path: Path) -> Path:
     return _pairs_file(tmp_path / "pairs.parquet", rows)
 
 
+def live_series(live: Path, name: str) -> pl.DataFrame:
+    """One training series of a dvclive directory (columns step and the metric's last name)."""
+    return pl.read_csv(live / "plots/metrics/train" / f"{name}.tsv", separator="\t")
+
+
 def _train(model: Path, pairs: Path, params: Path, out: Path) -> Any:
     return run_stage(
         "train",
@@ -63,8 +68,8 @@ def _train(model: Path, pairs: Path, params: Path, out: Path) -> Any:
         out / "ckpt",
         "--metrics",
         out / "train.json",
-        "--plots",
-        out / "acc.csv",
+        "--live",
+        out / "live",
         "--params",
         params,
     )
@@ -99,9 +104,11 @@ def test_train_then_evaluate(
     m = json.loads((tmp_path / "train.json").read_text())
     assert m["optimizer_steps"] == 2 and m["train_pairs"] == 6 and m["validation_pairs"] == 2
     assert {"final_loss", "final_reward_accuracy", "eval_loss"} <= set(m)
-    steps = pl.read_csv(tmp_path / "acc.csv")
-    assert steps["step"].to_list() == [1.0, 2.0]
+    # The per-step curves, written by dvclive while training ran.
+    steps = live_series(tmp_path / "live", "loss")
+    assert steps["step"].to_list() == [1, 2]
     assert m["final_loss"] == pytest.approx(steps["loss"][-1])
+    assert live_series(tmp_path / "live", "rewards/accuracies")["step"].to_list() == [1, 2]
     assert len(m) <= 12, m  # headline numbers only; the series live in the plot file
     card = read_card(tmp_path / "ckpt")
     assert card["name"].endswith(f"+{loss}")
@@ -173,7 +180,7 @@ def test_missing_checkpoint_and_bad_prompt_files(
         )
 
     r = evaluate(tmp_path / "nope", prompts)
-    assert r.exit_code == 2 and "not a model directory written by" in r.output, r.output
+    assert r.exit_code == 2 and "model directory not found" in r.output, r.output
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     r = evaluate(tiny_stage_model, empty)
@@ -318,3 +325,29 @@ def _check_stored_rewards(
             assert row[f"reward_{side}"] == pytest.approx(reward, abs=2e-4), (side, answer)
             checked[row[f"{side}_finish"]] += 1
     assert sum(checked.values()) == 2 * table.height
+
+
+@pytest.mark.parametrize("loss", ["dpo", "dro"])
+def test_precomputed_reference_loads_one_model(
+    tiny_stage_model: Path,
+    pairs: Path,
+    tmp_path: Path,
+    write_params: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+    loss: str,
+) -> None:
+    import icon2.stage
+
+    loads: list[Path] = []
+    real = icon2.stage.load_model
+
+    def counting(model_dir: Path, p: Any) -> Any:
+        loads.append(model_dir)
+        return real(model_dir, p)
+
+    monkeypatch.setattr(icon2.stage, "load_model", counting)
+    train = {**TRAIN, "loss": loss, "precompute_ref_log_probs": True}
+    r = _train(tiny_stage_model, pairs, write_params({"train": train}), tmp_path)
+    assert r.exit_code == 0, r.output
+    assert loads == [tiny_stage_model]  # the policy only: no reference model in memory
+    assert json.loads((tmp_path / "train.json").read_text())["optimizer_steps"] == 2

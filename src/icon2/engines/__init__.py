@@ -1,4 +1,49 @@
-"""Text generation behind one interface (``Backend``): Hugging Face ``generate`` today.
+"""Text generation behind one interface (``Backend``): Hugging Face ``generate`` or vLLM.
 Steering enters as plain per-layer tensors, so an engine knows nothing about directions.
-Every generating step (A2 synthesis, A4 pairs, part B sampling, evaluation) uses it.
+Every generating step (A2 synthesis, A4 pairs, part B sampling, evaluation) uses it, and
+gets its engine from ``make_backend`` (``base.engine``).
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from icon2.core.params import Params
+
+if TYPE_CHECKING:  # transformers is imported when an engine is made, not before
+    from transformers import PreTrainedModel
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    from icon2.engines.base import Backend
+
+
+def make_backend(
+    p: Params,
+    model_dir: Path,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    batch_size: int,
+    steering: bool = False,
+) -> Backend:
+    """The engine ``base.engine`` names, for the model loaded from ``model_dir``.
+
+    Both stop at the chat template's end-of-turn token (or EOS). ``batch_size`` is the HF
+    engine's; vLLM schedules its own batches. ``steering``: the stage will pass vectors,
+    so an architecture vLLM cannot steer fails here, before the engine starts.
+    """
+    from icon2.model.chat import end_of_turn_ids
+
+    if p.base.engine == "hf":
+        from icon2.engines.hf import HFBackend
+
+        stops = end_of_turn_ids(tokenizer)
+        return HFBackend(model, tokenizer, stop_ids=stops, batch_size=batch_size)
+    from icon2.engines.vllm import VLLMBackend, check_steerable, require_vllm
+
+    require_vllm()
+    if steering:
+        check_steerable(model_dir)
+    stops = end_of_turn_ids(tokenizer)
+    return VLLMBackend(model_dir, tokenizer, stop_ids=stops, settings=p.vllm, seed=p.base.seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,19 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from icon2.evaluate.judge import Judge, LMJudge, RewardModelJudge
-from icon2.model.loading import load_source, resolve
+from icon2.model.loading import ModelSource, check_weight_files, load_source, resolve
+
+
+def check_judge(judge: str | None, reward_model: str | None) -> ModelSource | None:
+    """Resolve and check the configured judge before any answer is generated: a missing or
+    broken directory is reported at once, under its own key."""
+    for key, name in (("evaluate.reward_model", reward_model), ("evaluate.judge", judge)):
+        if name:
+            source = resolve(name, key)
+            if source.kind == "local":
+                check_weight_files(Path(source.location))
+            return source
+    return None
 
 
 def make_judge(
@@ -28,11 +41,11 @@ def make_judge(
     if reward_model:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        src = resolve(reward_model)
+        src = resolve(reward_model, "evaluate.reward_model")
         rm = AutoModelForSequenceClassification.from_pretrained(src.location).eval()
         return RewardModelJudge(rm, AutoTokenizer.from_pretrained(src.location)), reward_model
     if judge:
-        model, jtok = load_source(resolve(judge), dtype=dtype)
+        model, jtok = load_source(resolve(judge, "evaluate.judge"), dtype=dtype)
         model.eval()  # type: ignore[no-untyped-call]
         return LMJudge(model, jtok), judge
     return LMJudge(base, tokenizer), None

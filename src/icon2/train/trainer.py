@@ -35,6 +35,12 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.dpo_config import DPOConfig
 from trl.trainer.dpo_trainer import DPOTrainer
 
+from icon2.train.distributed import (
+    GlobalConfidenceWindow,
+    gather_confidences,
+    rank_shard,
+    solve_on_main,
+)
 from icon2.train.dro import (
     WorstCase,
     dro_pair_losses,
@@ -43,7 +49,6 @@ from icon2.train.dro import (
     tangent_pieces,
 )
 from icon2.train.losses import (
-    ConfidenceWindow,
     dpo_margin,
     extrapolated_logps,
     sequence_logps,
@@ -186,7 +191,8 @@ class Icon2DPOTrainer(DPOTrainer):
         self.variant: Variant = variant
         self.spa_params = spa
         self.dro_params = dro
-        self._window = ConfidenceWindow(size=spa.window, k_percent=spa.k_percent)
+        # Window and percentile over the global batch when training on several processes.
+        self._window = GlobalConfidenceWindow(size=spa.window, k_percent=spa.k_percent)
         self._pieces = tangent_pieces(dro.pieces, t_min=dro.t_min)
         self.step_timing = StepTiming()
         self.add_callback(_StepTimer(self.step_timing))
@@ -372,8 +378,11 @@ class Icon2DPOTrainer(DPOTrainer):
         index, xi = self._training_confidences()
         solved_from = time.perf_counter()
         params = self.dro_params
-        sol = solve_in_groups(
-            xi, params.eps, self._pieces, params.group_size, support_min=params.support_min
+        # One LP on the main process; every rank gets the same weights.
+        sol = solve_on_main(
+            lambda: solve_in_groups(
+                xi, params.eps, self._pieces, params.group_size, support_min=params.support_min
+            )
         )
         done = time.perf_counter()
         size, k = int(index.max()) + 1, self._pieces.a.size
@@ -397,8 +406,9 @@ class Icon2DPOTrainer(DPOTrainer):
         dataset = self.train_dataset
         if not isinstance(dataset, Dataset):
             raise TypeError("loss 'dro' needs a map-style training Dataset")
+        # Each rank scores its share of the pairs; gather_confidences below joins them.
         loader = DataLoader(
-            self._remove_unused_columns(dataset),
+            self._remove_unused_columns(dataset.select(rank_shard(len(dataset)))),
             batch_size=self.args.precompute_ref_batch_size or self.args.per_device_eval_batch_size,
             collate_fn=self.data_collator,
             shuffle=False,
@@ -420,7 +430,7 @@ class Icon2DPOTrainer(DPOTrainer):
         finally:
             policy.train(was_training)
         index = torch.cat(indices).numpy().astype(np.int64)
-        xi = torch.cat(confidences).numpy()
+        index, xi = gather_confidences(index, torch.cat(confidences).numpy())
         # Rows are looked up by index, so duplicates would share a row and negatives wrap around.
         if np.unique(index).size != index.size or index.min() < 0:
             raise ValueError(f"the {PAIR_INDEX!r} column must hold distinct non-negative ints")

@@ -1,0 +1,121 @@
+"""Generation engines head to head: HF ``generate`` vs vLLM, steered and not, one run.
+
+    python benchmarks/engines.py --prompts 256 --new-tokens 128
+
+Prints one JSON line per (engine, steered) — engine, dtype, prompts, steered, new tokens,
+seconds, tokens/s, start-up seconds — then one line of ratios: steered/unsteered time per
+engine (target ≤ 1.05) and vLLM/HF tokens/s with steering on (target ≥ 1.4 on 2 CPU
+cores). Both engines are held at once and their runs interleaved (best of ``--repeats``),
+so a change in the machine's load hits both alike. Every row generates exactly
+``--new-tokens`` (``ignore_eos``), so equal work is compared. Needs the ``model`` stage's
+output and ``directions.safetensors`` (``dvc repro directions``), or ``--random-direction``
+(a seeded unit vector per layer, scaled like a γ = 1 contrastive step: the cost is the same).
+Needs the vLLM extra (README, "Generation engine").
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import torch
+import typer
+
+from icon2.core.layers import middle_third
+from icon2.core.params import VLLMParams
+from icon2.core.tables import read_instructions
+from icon2.engines.base import Backend, Sampling
+from icon2.engines.hf import HFBackend
+from icon2.engines.vllm import VLLMBackend
+from icon2.model.chat import end_of_turn_ids, render_prompt
+from icon2.model.loading import load_local
+from icon2.steps import direction_file
+from icon2.steps.direction_file import steering_vectors
+
+Dtype = Literal["bfloat16", "float16", "float32"]
+
+
+def main(
+    model_dir: Annotated[Path, typer.Option(help="Output of the model stage.")] = Path(
+        "data/model"
+    ),
+    directions: Annotated[Path, typer.Option(help="directions.safetensors.")] = Path(
+        "data/directions/directions.safetensors"
+    ),
+    features: Annotated[Path, typer.Option(help="Prompts (instruction column).")] = Path(
+        "data/features.jsonl"
+    ),
+    prompts: int = 256,
+    new_tokens: int = 128,
+    dtype: Annotated[Dtype, typer.Option(help="Both engines' dtype.")] = "bfloat16",
+    hf_batch_size: int = 128,
+    gamma: float = 0.5,
+    repeats: int = 1,
+    random_direction: bool = False,
+) -> None:
+    t0 = time.perf_counter()
+    model, tok, card = load_local(model_dir, dtype=dtype)
+    startup = {"hf": time.perf_counter() - t0}
+    stops = end_of_turn_ids(tok)
+    questions = read_instructions(features)
+    texts = [render_prompt(tok, q) for q in (questions * (prompts // len(questions) + 1))]
+    texts = texts[:prompts]
+    layers = middle_third(card["num_layers"])
+    if random_direction:
+        g = torch.Generator().manual_seed(0)
+        unit = torch.nn.functional.normalize(torch.randn(card["hidden_size"], generator=g), dim=0)
+        vecs = {layer: (gamma * 6.0 * unit).expand(prompts, -1) for layer in layers}
+    else:
+        dfile = direction_file.load_directions(directions)
+        vecs = steering_vectors(
+            dfile, ["general"] * prompts, [gamma] * prompts, layers, "contrastive_norm"
+        )
+    t0 = time.perf_counter()
+    engines: dict[str, Backend] = {
+        "hf": HFBackend(model, tok, stop_ids=stops, batch_size=hf_batch_size),
+        "vllm": VLLMBackend(model_dir, tok, stop_ids=stops, settings=VLLMParams(dtype=dtype)),
+    }
+    startup["vllm"] = time.perf_counter() - t0
+    s = Sampling(max_new_tokens=new_tokens, ignore_eos=True)
+    for engine in engines.values():  # warm-up: first shapes, compiled kernels
+        engine.generate(texts[:4], Sampling(max_new_tokens=4))
+    runs = [(e, st) for e in engines for st in (False, True)]
+    best: dict[tuple[str, bool], float] = {}
+    for r in range(repeats):
+        for name, steered in runs if r % 2 == 0 else runs[::-1]:
+            t = time.perf_counter()
+            out = engines[name].generate(texts, s, vectors=vecs if steered else None)
+            sec = time.perf_counter() - t
+            assert sum(g.token_count for g in out) == prompts * new_tokens
+            best[(name, steered)] = min(sec, best.get((name, steered), float("inf")))
+    for (name, steered), sec in best.items():
+        _line(
+            {
+                "engine": name,
+                "dtype": dtype,
+                "prompts": prompts,
+                "steered": steered,
+                "new_tokens": new_tokens,
+                "seconds": round(sec, 2),
+                "tokens_per_s": round(prompts * new_tokens / sec, 1),
+                "startup_s": round(startup[name], 1),
+            }
+        )
+    _line(
+        {
+            "hf_steered_over_unsteered": round(best["hf", True] / best["hf", False], 3),
+            "vllm_steered_over_unsteered": round(best["vllm", True] / best["vllm", False], 3),
+            "vllm_over_hf_tokens_per_s_steered": round(best["hf", True] / best["vllm", True], 3),
+            "threads": torch.get_num_threads(),
+        }
+    )
+
+
+def _line(row: dict[str, Any]) -> None:
+    print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    typer.run(main)

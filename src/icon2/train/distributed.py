@@ -1,0 +1,191 @@
+"""Training on several processes with ``accelerate`` (DDP, FSDP, DeepSpeed ZeRO).
+
+* **Launch.** A stage runs as one plain process unless ``train.accelerate_config`` names an
+  accelerate config file; then it re-executes itself under ``accelerate launch --config_file``
+  with the same options, so ``dvc.yaml``'s command stays ``python stages/<stage>.py ...``.
+  The config is checked in the parent first: a missing or unparsable file, DeepSpeed chosen
+  without ``deepspeed`` installed, or a mixed precision that disagrees with
+  ``train.precision`` is one ``error:`` line, not one traceback per process.
+* **Writes.** Inside the launched processes only the main process writes outputs (still
+  atomically); the weights are gathered first, a collective under ZeRO-3/FSDP.
+* **Global statistics.** TRL/transformers already average the loss and gradients over ranks;
+  SPA's confidence window and DRO's ξ need every rank's pairs (see
+  :class:`GlobalConfidenceWindow`, :func:`gather_confidences`, :func:`solve_on_main`).
+
+With one process every helper here is the identity, so single-process runs are unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list, gather_object
+
+from icon2.core.errors import InputError, ParamsError
+from icon2.train.losses import ConfidenceWindow
+from icon2.train.memory import read_accelerate_config
+
+T = TypeVar("T")
+LAUNCHED = "ICON2_ACCELERATE_LAUNCHED"
+_MIXED = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+
+
+def check_accelerate_config(path: Path, precision: str) -> dict[str, Any]:
+    """The parsed accelerate config, after the checks that would otherwise fail per process.
+
+    Raises:
+        ParamsError: Naming ``train.accelerate_config`` and what is wrong.
+    """
+    key = "train.accelerate_config"
+    try:
+        config = read_accelerate_config(path)
+    except InputError as exc:
+        raise ParamsError(f"{key}: {exc}") from None
+    if config["distributed_type"] == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
+        stage = (config.get("deepspeed_config") or {}).get("zero_stage", "?")
+        raise ParamsError(
+            f"{key}: {path} selects DeepSpeed ZeRO-{stage}, but deepspeed is not installed "
+            f"(pip install deepspeed on the GPU machine, or use configs/accelerate/fsdp.yaml)"
+        )
+    mixed, want = str(config.get("mixed_precision", "no")), _MIXED[precision]
+    if mixed != want:
+        raise ParamsError(
+            f"{key}: {path} has mixed_precision: {mixed}, but train.precision is {precision} "
+            f"(set mixed_precision: {want} there, or change train.precision)"
+        )
+    return config
+
+
+def launched() -> bool:
+    """Whether this process was started by :func:`relaunch` (one of N ranks)."""
+    return os.environ.get(LAUNCHED) == "1"
+
+
+def relaunch(config: str | None, precision: str, script: Path, options: list[str]) -> None:
+    """Re-run ``script`` under ``accelerate launch`` if ``config`` is set; exits when done.
+
+    Returns (and the caller goes on in this process) when no config is set or this process
+    is already one of the launched ranks.
+
+    Raises:
+        ParamsError: If the config fails :func:`check_accelerate_config`.
+        SystemExit: With the launcher's exit status, after the launched run.
+    """
+    if config is None or launched():
+        return
+    check_accelerate_config(Path(config), precision)
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config]
+    # PYTHONSAFEPATH: the ranks do not put stages/ first on sys.path, where a stage script
+    # named like a standard module (select.py, ...) would shadow it.
+    env = {**os.environ, LAUNCHED: "1", "PYTHONSAFEPATH": "1"}
+    done = subprocess.run([*command, str(script), *options], env=env, check=False)
+    if done.returncode != 0:
+        print(
+            f"error: {script.name} under {config} failed (exit {done.returncode})", file=sys.stderr
+        )
+    raise SystemExit(done.returncode)
+
+
+def cli_options(values: Mapping[str, object]) -> list[str]:
+    """A stage's option values (``locals()`` at the top of its ``main``) as command-line
+    arguments: ``model_dir=Path("m")`` → ``["--model-dir", "m"]``; None values are left out."""
+    out: list[str] = []
+    for name, value in values.items():
+        if value is not None:
+            out += [f"--{name.replace('_', '-')}", str(value)]
+    return out
+
+
+def process_state() -> PartialState:
+    """The process group (created on first use; it also picks this rank's GPU)."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def is_main_process() -> bool:
+    return bool(process_state().is_main_process)
+
+
+def all_ranks(obj: T) -> list[T]:
+    """``obj`` from every process, in rank order (``[obj]`` with one process)."""
+    if process_state().num_processes == 1:
+        return [obj]
+    return list(gather_object([obj]))
+
+
+def full_state_dict(trainer: Any) -> dict[str, torch.Tensor] | None:
+    """The trained weights on the main process (None elsewhere). Every rank must call it:
+    under ZeRO-3 and FSDP the shards are gathered (ZeRO-3 needs zero3_save_16bit_model)."""
+    accelerator = trainer.accelerator
+    wrapped = trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model
+    state = accelerator.get_state_dict(wrapped)
+    return state if accelerator.is_main_process else None
+
+
+class GlobalConfidenceWindow(ConfidenceWindow):
+    """SPA's moving window over the *global* batch.
+
+    Every rank pushes all ranks' confidences (gathered in rank order), so every rank holds
+    the same window and threshold; each flags its own rows against it. With one process this
+    is exactly :class:`~icon2.train.losses.ConfidenceWindow`.
+    """
+
+    def push(self, conf: torch.Tensor) -> None:
+        super().push(_gather_values(conf))
+
+    def flags(self, conf: torch.Tensor) -> torch.Tensor:
+        ConfidenceWindow.push(self, _gather_values(conf))
+        tau = self.threshold()
+        if tau is None:
+            return torch.zeros(conf.shape, dtype=torch.float32, device=conf.device)
+        return (conf.detach().double() < tau).float()
+
+
+def _gather_values(conf: torch.Tensor) -> torch.Tensor:
+    values = conf.detach().double().flatten().cpu()
+    if process_state().num_processes == 1:
+        return values
+    return torch.tensor(gather_object(values.tolist()), dtype=torch.float64)
+
+
+def rank_shard(size: int) -> list[int]:
+    """This rank's contiguous slice of ``range(size)``, padded to an equal length on every
+    rank by repeating the last index (ZeRO-3 needs the same number of forwards on each)."""
+    state = process_state()
+    per = -(-size // state.num_processes)
+    start = state.process_index * per
+    return [min(start + i, size - 1) for i in range(per)] if size else []
+
+
+def gather_confidences(
+    index: npt.NDArray[np.int64], xi: npt.NDArray[np.float64]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Every rank's ``(pair index, ξ)``, with the padding duplicates of :func:`rank_shard`
+    dropped (first occurrence kept)."""
+    if process_state().num_processes == 1:
+        return index, xi
+    pairs = gather_object(list(zip(index.tolist(), xi.tolist(), strict=True)))
+    all_index = np.array([int(i) for i, _ in pairs], dtype=np.int64)
+    all_xi = np.array([float(x) for _, x in pairs], dtype=np.float64)
+    _, first = np.unique(all_index, return_index=True)
+    keep = np.sort(first)
+    return all_index[keep], all_xi[keep]
+
+
+def solve_on_main(solve: Callable[[], T]) -> T:
+    """Runs ``solve`` on the main process only and hands its result to every rank."""
+    state = process_state()
+    if state.num_processes == 1:
+        return solve()
+    box: list[Any] = [solve() if state.is_main_process else None]
+    broadcast_object_list(box, from_process=0)
+    return box[0]  # type: ignore[no-any-return]

@@ -1,0 +1,48 @@
+"""Stage `cost` (METHOD A8, Table 4): device-hours and money per method, and ICON² / SR."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from icon2.core.errors import InputError
+from icon2.core.io import write_csv, write_json
+from icon2.evaluate.cost import cost_ratio, cost_table, records_frame
+from icon2.evaluate.cost_report import format_table, read_cost_files
+from icon2.stage import open_stage, user_errors
+
+
+@user_errors
+def main(
+    records: Annotated[
+        list[Path], typer.Option("--records", help="Cost JSON files ({'cost': [...]}).")
+    ],
+    table: Annotated[Path, typer.Option(help="Cost table (CSV, Table 4's layout) to write.")],
+    out: Annotated[Path, typer.Option(help="Metrics JSON to write (the ratios).")],
+    params: Annotated[Path, typer.Option(help="Params file.")] = Path("params.yaml"),
+) -> None:
+    cfg = open_stage(params).cost
+    frame = cost_table(
+        records_frame(read_cost_files(records)), price_per_device_hour=cfg.price_per_device_hour
+    )
+    try:
+        ratio = cost_ratio(frame, cfg.numerator, cfg.denominator)
+    except ValueError as exc:
+        raise InputError(f"cost.numerator/denominator: {exc}") from None
+    write_csv(table, frame)
+    write_json(out, {f"ratio_{k}": v for k, v in ratio.items()})
+    typer.echo(
+        format_table(
+            frame,
+            ratio,
+            currency=cfg.currency,
+            numerator=cfg.numerator,
+            denominator=cfg.denominator,
+        )
+    )
+
+
+if __name__ == "__main__":
+    typer.run(main)

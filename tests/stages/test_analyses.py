@@ -1,0 +1,208 @@
+"""The comparison's analysis stages on the tiny model: leakage (App. D), sensitivity
+(App. G), the judge-free signals and the one comparison table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+import yaml
+
+from icon2.core.tables import PAIR_SCHEMA, write_table
+from tests.conftest import run_stage
+from tests.stages.test_comparison import _params, comp  # noqa: F401  (module fixture)
+
+LONG = (
+    "explain in simple words how the water cycle moves water from the oceans to the clouds "
+    "and back to the rivers"
+)
+
+
+def _pairs(path: Path, rows: list[tuple[str, str, str, str]]) -> Path:
+    """(split, instruction, chosen, rejected) rows as a PAIR_SCHEMA table."""
+    data = [
+        {
+            "id": f"p{i}",
+            "split": split,
+            "criterion": "general",
+            "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": x}],
+            "chosen": [{"role": "assistant", "content": c}],
+            "rejected": [{"role": "assistant", "content": r}],
+            "gamma_pos": 0.1,
+            "gamma_neg": -0.05,
+            "gamma_scale": "contrastive_norm",
+            "layers": [2],
+            "chosen_tokens": 3,
+            "rejected_tokens": 3,
+            "chosen_finish": "stop",
+            "rejected_finish": "stop",
+        }
+        for i, (split, x, c, r) in enumerate(rows)
+    ]
+    write_table(path, pl.DataFrame(data, schema=PAIR_SCHEMA), PAIR_SCHEMA, {})
+    return path
+
+
+@pytest.mark.parametrize("threshold", [None, 0.9])
+def test_leakage_flags_a_shared_13_gram(
+    comp: dict[str, Any],  # noqa: F811
+    tmp_path: Path,
+    threshold: float | None,
+) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    texts = [f"Please {LONG}.", "What is the capital of France?", "Name three prime numbers."]
+    prompts.write_text("".join(json.dumps({"instruction": t}) + "\n" for t in texts))
+    training = _pairs(
+        tmp_path / "pairs.parquet",
+        [
+            ("train", "Tell me about rain.", f"Sure: {LONG.upper()}!", "No."),
+            ("train", "Sort a list.", "Use sorted().", "Do it by hand."),
+            ("validation", "Name three prime numbers.", "2, 3, 5.", "1, 4, 6."),  # not audited
+        ],
+    )
+    over = {"leakage": {"embedding_threshold": threshold}}
+    r = run_stage(
+        "leakage",
+        "--prompts",
+        prompts,
+        "--training",
+        training,
+        "--out",
+        tmp_path / "m.json",
+        "--offending",
+        tmp_path / "off.csv",
+        "--params",
+        _params(comp, tmp_path, over),
+    )
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["prompts"] == 3 and m["ngram_leaked"] == 1 and m["training_texts"] == 6
+    off = pl.read_csv(tmp_path / "off.csv")
+    assert off["prompt"][0] == texts[0]
+    if threshold is not None:
+        assert "embedding_flagged" in m and "max_cosine" in off.columns
+
+
+def test_sensitivity_compares_feature_sets(comp: dict[str, Any], tmp_path: Path) -> None:  # noqa: F811
+    feats = tmp_path / "f.jsonl"
+    from tests.stages.test_directions import FEATURES
+
+    feats.write_text("".join(json.dumps({"instruction": x}) + "\n" for x in FEATURES))
+    over = {
+        "sensitivity": {
+            "sources": {
+                "same": {"file": str(feats), "max_features": None},
+                "half": {"file": str(feats), "max_features": len(FEATURES) // 2},
+            }
+        }
+    }
+    params = _params(comp, tmp_path)
+    data = yaml.safe_load(params.read_text())
+    data["sensitivity"] = over["sensitivity"]  # replace the shipped sources, do not merge
+    params.write_text(yaml.safe_dump(data))
+    r = run_stage(
+        "sensitivity",
+        "--model-dir",
+        comp["model"],
+        "--directions",
+        comp["directions"],
+        "--out",
+        tmp_path / "m.json",
+        "--plots",
+        tmp_path / "cos.csv",
+        "--params",
+        params,
+    )
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "m.json").read_text())
+    # The same features give the reference directions back.
+    assert m["same"]["cosine_min"] == pytest.approx(1.0, abs=1e-4)
+    assert m["half"]["cosine_min"] <= m["same"]["cosine_min"] + 1e-6
+    assert 0.0 < m["half"]["mw_min_p"] <= 1.0
+    cos = pl.read_csv(tmp_path / "cos.csv")
+    assert set(cos["source"]) == {"same", "half"} and set(cos["layer"]) == {1, 2}
+
+
+def test_signals_of_the_starting_model_against_itself(
+    comp: dict[str, Any],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    pairs = _pairs(
+        tmp_path / "pairs.parquet",
+        [
+            ("train", "Sort a list.", "Use sorted().", "Do it by hand."),
+            ("validation", "Name a prime.", "2.", "4."),
+            ("validation", "Capital of France?", "Paris.", "Rome."),
+        ],
+    )
+    samples = tmp_path / "samples.jsonl"
+    rows = [
+        {"instruction": "Name a prime.", "trained": "Two.", "base": "Seven."},
+        {"instruction": "Say hello.", "trained": "Hello!", "base": "Hi."},
+    ]
+    samples.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    evaluation = tmp_path / "evaluate.json"
+    evaluation.write_text(json.dumps({"tie_rate": 1.0, "win_rate": 0.5}))
+    r = run_stage(
+        "signals",
+        "--model-dir",
+        comp["model"],
+        "--trained-dir",
+        comp["model"],
+        "--directions",
+        comp["directions"],
+        "--pairs",
+        pairs,
+        "--samples",
+        samples,
+        "--evaluation",
+        evaluation,
+        "--out",
+        tmp_path / "s.json",
+        "--params",
+        _params(comp, tmp_path),
+    )
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "s.json").read_text())
+    # π = π_ref: every implicit reward is 0, no pair is won; a blind judge shows as 0.
+    assert s["held_out_pairs"] == 2 and s["reward_accuracy"] == 0.0 and s["reward_margin"] == 0
+    assert s["judge_discrimination"] == 0.0 and s["answers"] == 2
+    # The same model re-reads different answers: the shift is their projection difference.
+    assert {f"direction_shift_{c}" for c in ("honesty", "general")} <= set(s)
+
+
+def test_compare_builds_one_table(comp: dict[str, Any], tmp_path: Path) -> None:  # noqa: F811
+    methods = {"icon2": "a.parquet", "direct_prompting": "b.parquet"}
+    for i, m in enumerate(methods):
+        d = tmp_path / "cmp" / m
+        d.mkdir(parents=True)
+        (d / "train.json").write_text(json.dumps({"train_pairs": 10 + i, "validation_pairs": 2}))
+        (d / "signals.json").write_text(
+            json.dumps(
+                {"reward_accuracy": 0.6 + i / 10, "direction_shift": 0.1, "judge_discrimination": 0}
+            )
+        )
+        (d / "evaluate.json").write_text(json.dumps({"win_rate": 0.5, "lc_win_rate": 0.55}))
+    cost = tmp_path / "cost.csv"
+    pl.DataFrame({"method": ["icon2"], "total_hours": [0.01], "total_money": [0.02]}).write_csv(
+        cost
+    )
+    params = _params(comp, tmp_path)
+    data = yaml.safe_load(params.read_text())
+    data["compare"]["methods"] = methods  # replace the shipped methods, do not merge
+    params.write_text(yaml.safe_dump(data, sort_keys=False))  # the table keeps their order
+    args = ["--root", tmp_path / "cmp", "--cost", cost, "--table", tmp_path / "t.csv"]
+    r = run_stage("compare", *args, "--markdown", tmp_path / "t.md", "--params", params)
+    assert r.exit_code == 0, r.output
+    table = pl.read_csv(tmp_path / "t.csv")
+    assert table["method"].to_list() == ["icon2", "direct_prompting"]
+    assert table["pairs"].to_list() == [12, 13]
+    assert table["device_hours"][1] is None  # no cost records: shown as missing, not 0
+    assert "| icon2 | 12 |" in (tmp_path / "t.md").read_text() and "| icon2 | 12 |" in r.output
+    # A method whose stages have not run: one clear error naming the file.
+    (tmp_path / "cmp" / "icon2" / "signals.json").unlink()
+    r = run_stage("compare", *args, "--markdown", tmp_path / "t.md", "--params", params)
+    assert r.exit_code == 2 and "signals.json" in r.output, r.output
