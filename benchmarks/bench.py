@@ -227,7 +227,7 @@ def train_once(
                 "step_seconds": round(step_s, 3),
                 "total_seconds": round(total, 3),
                 "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                "dro_solve_seconds": round(float(getattr(trainer, "dro_solve_seconds", 0.0)), 4),
+                "dro_solve_seconds": round(trainer.dro.solve_seconds, 4),
             }
         )
     )

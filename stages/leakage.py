@@ -10,7 +10,13 @@ import typer
 
 from icon2.core.io import write_csv, write_json
 from icon2.core.tables import read_pairs, read_prompts
-from icon2.evaluate.leakage import embedding_leakage, ngram_leakage, pair_texts, summarize
+from icon2.evaluate.leakage import (
+    embedding_leakage,
+    ngram_leakage,
+    offending_prompts,
+    pair_texts,
+    summarize,
+)
 from icon2.stage import open_stage, user_errors
 
 
@@ -37,17 +43,7 @@ def main(
         embed = minilm_embedder()
         emb = embedding_leakage(embed(texts), embed(train_texts), threshold=cfg.embedding_threshold)
     summary = summarize(grams, emb)
-    table = grams.drop("prompt_index").with_row_index("prompt_index")
-    if emb is not None:
-        table = table.with_columns(
-            emb["max_cosine"].alias("max_cosine"),
-            emb["flagged"].alias("embedding_flagged"),
-            pl.Series("nearest_training_text", [train_texts[i] for i in emb["train_index"]]),
-        )
-        flagged = pl.col("leaked") | pl.col("embedding_flagged")
-    else:
-        flagged = pl.col("leaked")
-    write_csv(offending, table.filter(flagged))
+    write_csv(offending, offending_prompts(grams, emb, train_texts))
     write_json(
         out,
         {

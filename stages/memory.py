@@ -12,14 +12,13 @@ the defaults of `icon2.train.memory.Setup`. No model is loaded: only its config.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from icon2.core.errors import ParamsError
 from icon2.core.params import load_params
 from icon2.stage import user_errors
-from icon2.train.memory import Setup, estimate, from_accelerate, read_accelerate_config, read_config
+from icon2.train.memory import Setup, estimate, read_config, setup_fields
 
 
 @user_errors
@@ -42,23 +41,6 @@ def main(
     ] = None,
     gpu_gib: Annotated[float, typer.Option(help="Memory of one GPU, GiB.")] = 80.0,
 ) -> None:
-    fields: dict[str, Any] = {"gpu_gib": gpu_gib}
-    if params is not None:
-        tp = load_params(params).train
-        # SPA mixes reference logits in every step, so it always keeps the reference model.
-        precomputed = tp.precompute_ref_log_probs and tp.loss != "spa"
-        fields.update(
-            precision=tp.precision,
-            per_device_batch=tp.per_device_train_batch_size,
-            max_length=tp.max_length,
-            gradient_checkpointing=tp.gradient_checkpointing,
-            loss=tp.loss,
-            reference="precomputed" if precomputed else "model",
-        )
-        if accelerate_config is None and tp.accelerate_config is not None:
-            accelerate_config = Path(tp.accelerate_config)
-    if accelerate_config is not None:
-        fields.update(from_accelerate(read_accelerate_config(accelerate_config)))
     given = {
         "gpus": gpus,
         "sharding": sharding,
@@ -70,27 +52,9 @@ def main(
         "optimizer": optimizer,
         "gradient_checkpointing": checkpointing,
     }
-    fields.update({k: v for k, v in given.items() if v is not None})
-    if fields.get("loss") == "spa" and reference is None:
-        fields["reference"] = "model"  # SPA mixes reference logits in every step
-    _check_choices(fields)
-    plan = estimate(read_config(model), Setup(**fields))
-    typer.echo(plan.format())
-
-
-_CHOICES = {
-    "sharding": ("none", "zero1", "zero2", "zero3", "fsdp"),
-    "precision": ("fp32", "bf16", "fp16"),
-    "reference": ("model", "precomputed"),
-    "loss": ("dpo", "spa", "dro"),
-    "optimizer": ("adamw", "adamw_16bit"),
-}
-
-
-def _check_choices(fields: dict[str, Any]) -> None:
-    for key, allowed in _CHOICES.items():
-        if key in fields and fields[key] not in allowed:
-            raise ParamsError(f"--{key.replace('_', '-')}: {fields[key]!r} is not one of {allowed}")
+    train = None if params is None else load_params(params).train
+    fields = setup_fields(train, accelerate_config, given, gpu_gib=gpu_gib)
+    typer.echo(estimate(read_config(model), Setup(**fields)).format())
 
 
 if __name__ == "__main__":

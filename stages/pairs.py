@@ -8,16 +8,18 @@ from typing import Annotated
 import typer
 
 from icon2.core.io import write_json
-from icon2.core.layers import resolve_layers
 from icon2.core.provenance import provenance
 from icon2.core.tables import PAIR_SCHEMA, read_kept, write_table
-from icon2.engines import make_backend
-from icon2.engines.base import Sampling
-from icon2.evaluate.metered import MeteredBackend, stage_meter, write_cost
+from icon2.evaluate.metered import write_cost
 from icon2.model.loading import read_card
 from icon2.stage import load_model, open_stage, user_errors
-from icon2.steps.direction_file import check_criteria, check_same_model, load_directions
-from icon2.steps.pairs import generate_pairs
+from icon2.steps.direction_file import (
+    check_criteria,
+    check_same_model,
+    controlled_layers,
+    load_directions,
+)
+from icon2.steps.pairs import steer_pairs
 
 
 @user_errors
@@ -31,45 +33,17 @@ def main(
     params: Annotated[Path, typer.Option(help="Params file.")] = Path("params.yaml"),
 ) -> None:
     p = open_stage(params)
-    cfg = p.pairs
     # Every input is checked before the model is loaded.
     table = read_kept(kept)
-    if cfg.max_instructions is not None:
-        table = table.head(cfg.max_instructions)
+    if p.pairs.max_instructions is not None:
+        table = table.head(p.pairs.max_instructions)
     card = read_card(model_dir)
     dfile = load_directions(directions)
     check_same_model(dfile, card, directions)
     check_criteria(dfile, table["criterion"].unique().to_list(), str(kept), directions)
-    layers = resolve_layers(
-        cfg.layers,
-        card["num_layers"],
-        "pairs.layers",
-        default="middle",
-        within=dfile.layers,
-        source=str(directions),
-    )
+    layers = controlled_layers(dfile, p.pairs.layers, card["num_layers"], directions)
     model, tokenizer, card = load_model(model_dir, p)
-    sampling = Sampling(
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        repetition_penalty=cfg.repetition_penalty,
-        seed=p.base.seed,
-    )
-    meter = stage_meter("pairs", "icon2", "response generation", p.base.device)
-    backend = make_backend(p, model_dir, model, tokenizer, batch_size=cfg.batch_size, steering=True)
-    pairs, counts = generate_pairs(
-        MeteredBackend(backend, meter, tokenizer),
-        tokenizer,
-        table,
-        dfile,
-        gamma_pos=cfg.gamma_pos,
-        gamma_neg=cfg.gamma_neg,
-        layers=layers,
-        scale=cfg.gamma_scale,
-        sampling=sampling,
-        system=p.base.system_prompt,
-    )
+    pairs, counts, meter = steer_pairs(p, model_dir, model, tokenizer, table, dfile, layers)
     meta = provenance("pairs", p, {"directions": directions, "kept": kept}, card)
     write_table(out, pairs, PAIR_SCHEMA, meta)
     write_json(metrics, counts)

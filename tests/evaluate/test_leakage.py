@@ -8,6 +8,7 @@ from icon2.evaluate.leakage import (
     embedding_leakage,
     ngram_leakage,
     normalise_words,
+    offending_prompts,
     pair_texts,
     summarize,
 )
@@ -120,3 +121,24 @@ def test_pair_texts_takes_user_turns_and_responses() -> None:
         schema={"prompt": msg, "chosen": msg, "rejected": msg},
     )
     assert pair_texts(pairs) == ["q", "good", "bad"]
+
+
+def test_offending_prompts_lists_the_flagged_rows() -> None:
+    training = ["a b c d", "x y z"]
+    prompts = ["a b c", "q r s", "x y z w"]
+    grams = ngram_leakage(prompts, training, n=3)
+    only = offending_prompts(grams, None, training)
+    assert only["prompt"].to_list() == ["a b c", "x y z w"]
+    assert only["prompt_index"].to_list() == [0, 2] and "max_cosine" not in only.columns
+    # Embeddings also flag prompt 1 (a near copy of training text 1), and name its neighbour.
+    emb = embedding_leakage(
+        np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]),
+        np.array([[1.0, 0.1], [0.1, 1.0]]),
+        threshold=0.99,
+    )
+    both = offending_prompts(grams, emb, training)
+    assert both["prompt_index"].to_list() == [0, 1, 2]  # leaked or flagged
+    assert both["nearest_training_text"].to_list() == ["a b c d", "x y z", "a b c d"]
+    assert both["embedding_flagged"].to_list() == [True, True, False]
+    assert both["leaked"].to_list() == [True, False, True]
+    assert offending_prompts(grams.head(0), emb.head(0), training).height == 0

@@ -1,11 +1,24 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
 from scipy.stats import mannwhitneyu
 
-from icon2.evaluate.sensitivity import compare_directions, layer_cosines, mannwhitney_min_p
+from icon2.core.params import load_params
+from icon2.evaluate.sensitivity import (
+    compare_directions,
+    feature_set_sensitivity,
+    layer_cosines,
+    mannwhitney_min_p,
+    sensitivity_lines,
+)
+from icon2.steps.direction_file import DirectionFile
+from icon2.steps.directions import extract
 
 
 @pytest.mark.parametrize(("n_a", "n_b", "ties"), [(5, 6, False), (11, 11, False), (12, 9, True)])
@@ -63,3 +76,45 @@ def test_compare_rejects_mismatches() -> None:
         compare_directions({"a": torch.zeros(2, 3)}, {"b": torch.zeros(2, 3)}, [1, 2])
     with pytest.raises(ValueError, match="layer rows"):
         compare_directions({"a": torch.ones(2, 3)}, {"a": torch.ones(2, 3)}, [1, 2, 3])
+
+
+FEATURES = [
+    "What is the capital of France?",
+    "Write a poem about rain.",
+    "How do I sort a list in Python?",
+    "Give me three tips for sleeping better.",
+    "Solve 12 * 7 + 3.",
+    "Tell me a story about a dragon.",
+]
+
+
+def test_feature_set_sensitivity_against_a_reference(
+    tiny_model: Any, write_params: Callable[..., Path]
+) -> None:
+    model, tok = tiny_model
+    cfg = load_params(write_params({"directions": {"batch_size": 4}})).directions
+    prompts = {
+        c: (cfg.prompts[c].positive, cfg.prompts[c].negative) for c in ("honesty", "general")
+    }
+    dirs = extract(model, tok, FEATURES, prompts, layers=[1, 2, 3], batch_size=4)
+    ref = DirectionFile(layers=[1, 2, 3], criteria=dirs, meta={"num_features": len(FEATURES)})
+    metrics, table = feature_set_sensitivity(
+        model, tok, ref, {"same": FEATURES, "half": FEATURES[:3]}, layers=[2, 3], cfg=cfg
+    )
+    assert metrics["reference_features"] == 6 and list(metrics) == [
+        "reference_features",
+        "same",
+        "half",
+    ]
+    assert metrics["same"]["features"] == 6 and metrics["half"]["features"] == 3
+    assert metrics["same"]["cosine_min"] == pytest.approx(1.0, abs=1e-5)  # the same features
+    assert metrics["half"]["cosine_mean"] < 1.0 and 0.0 < metrics["half"]["mw_min_p"] <= 1.0
+    assert table.columns == ["criterion", "layer", "cosine", "source", "series"]
+    assert table.height == 2 * 2 * 2  # sources x criteria x layers
+    assert set(table["series"]) == {f"{s}:{c}" for s in ("same", "half") for c in prompts}
+    lines = sensitivity_lines(metrics, [2, 3])
+    assert len(lines) == 2 and lines[0].startswith("sensitivity same (6 features, layers 2..3):")
+    assert "Mann-Whitney min p" in lines[1]
+    empty, frame = feature_set_sensitivity(model, tok, ref, {}, layers=[2, 3], cfg=cfg)
+    assert empty == {"reference_features": 6} and frame.is_empty()
+    assert sensitivity_lines(empty, [2, 3]) == []

@@ -110,6 +110,12 @@ def test_train_then_evaluate(
     assert m["final_loss"] == pytest.approx(steps["loss"][-1])
     assert live_series(tmp_path / "live", "rewards/accuracies")["step"].to_list() == [1, 2]
     assert len(m) <= 12, m  # headline numbers only; the series live in the plot file
+    # The live summary (a declared metric) keeps the headline series; the plots keep all.
+    summary = json.loads((tmp_path / "live" / "metrics.json").read_text())
+    assert set(summary) == {"train", "eval", "step"}, summary
+    assert set(summary["train"]) == {"loss", "rewards"}
+    assert set(summary["train"]["rewards"]) == {"accuracies", "margins"}
+    assert live_series(tmp_path / "live", "grad_norm")["step"].to_list() == [1, 2]
     card = read_card(tmp_path / "ckpt")
     assert card["name"].endswith(f"+{loss}")
     assert card["weights_sha256"] != read_card(tiny_stage_model)["weights_sha256"]

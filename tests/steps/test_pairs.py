@@ -1,16 +1,19 @@
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pytest
 import torch
 
+from icon2.core.params import load_params
 from icon2.core.tables import PAIR_SCHEMA
 from icon2.engines.base import Generation, Sampling
 from icon2.steps.direction_file import DirectionFile, layer_scale, steering_vectors
 from icon2.steps.directions import CriterionDirections
-from icon2.steps.pairs import generate_pairs
+from icon2.steps.pairs import generate_pairs, steer_pairs
 
 
 def _dfile(d: int = 64, layers: int = 3) -> DirectionFile:
@@ -140,3 +143,47 @@ def test_system_prompt_is_used_for_generation_and_kept_in_the_prompt(tiny_model:
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "hi"},
     ]
+
+
+def test_steer_pairs_takes_the_pairs_section_and_meters_the_engine(
+    tiny_model: Any,
+    write_params: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    model, tok = tiny_model
+    from icon2.model.chat import render_prompt
+
+    p = load_params(write_params({"pairs": {"gamma_pos": 0.2, "gamma_neg": -0.1, "batch_size": 3}}))
+    kept = pl.DataFrame(
+        {
+            "id": ["a", "b"],
+            "instruction": ["good", "same"],
+            "criterion": ["honesty", "general"],
+            "split": ["train", "validation"],
+        }
+    )
+    script = {
+        "good": (_g("A kind answer."), _g("A rude answer.")),
+        "same": (_g("Same."), _g("Same.")),
+    }
+    system = p.base.system_prompt
+    backend = FakeBackend({render_prompt(tok, k, system): v for k, v in script.items()})
+    made: dict[str, Any] = {}
+
+    def make_backend(*args: Any, **kwargs: Any) -> FakeBackend:
+        made.update(kwargs)
+        return backend
+
+    monkeypatch.setattr("icon2.steps.pairs.make_backend", make_backend)
+    pairs, counts, meter = steer_pairs(p, tmp_path, model, tok, kept, _dfile(), [2, 3])
+    assert made == {"batch_size": 3, "steering": True}
+    assert counts["pairs"] == 1 and counts["identical"] == 1
+    row = pairs.row(0, named=True)
+    assert (row["gamma_pos"], row["gamma_neg"], row["layers"]) == (0.2, -0.1, [2, 3])
+    assert row["gamma_scale"] == p.pairs.gamma_scale
+    assert row["prompt"][0] == {"role": "system", "content": system}
+    rec = meter.record()
+    assert (rec.stage, rec.method, rec.category) == ("pairs", "icon2", "response generation")
+    assert rec.tokens_generated == sum(g.token_count for pair in script.values() for g in pair)
+    assert rec.tokens_read > 0

@@ -5,7 +5,15 @@ import itertools
 import polars as pl
 import pytest
 
-from icon2.steps.selection import GRID_SCHEMA, SCORED_SCHEMA, grid_table, select
+from icon2.steps.selection import (
+    GRID_SCHEMA,
+    SCORED_SCHEMA,
+    Selection,
+    apply_command,
+    grid_csv,
+    grid_table,
+    select,
+)
 
 RANGES = {"early": [1, 2], "middle": [3, 4], "late": [5, 6]}
 
@@ -117,3 +125,19 @@ def test_bad_grids() -> None:
         select(_grid([("early", 0.1, -0.1, 1, 0, 1)]), min_share=1.0)
     with pytest.raises(ValueError, match="lack"):
         grid_table(pl.DataFrame({"id": ["x"]}))
+
+
+def test_apply_command_sets_the_picked_params() -> None:
+    pick = Selection("middle", [10, 11, 12], 0.3, -0.05, 1.0, 0.5, 0.95, 16)
+    assert apply_command(pick) == (
+        "dvc exp run --set-param pairs.gamma_pos=0.3 --set-param pairs.gamma_neg=-0.05 "
+        "--set-param 'pairs.layers=[10,11,12]'"
+    )
+    assert apply_command(None) is None
+
+
+def test_grid_csv_joins_the_layers() -> None:
+    grid = _grid([("early", 0.1, -0.1, 1.0, 0.5, 0.95), ("late", 0.1, -0.1, 1.0, 0.5, 0.95)])
+    out = grid_csv(grid)
+    assert out["layers"].to_list() == ["1 2", "5 6"]
+    assert out.drop("layers").equals(grid.drop("layers"))

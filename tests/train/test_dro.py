@@ -1,4 +1,5 @@
-"""Tests for icon2.dro: tangent pieces, the worst-case LP and the reweighted DPO loss."""
+"""Tests for icon2.train.dro (tangent pieces, the worst-case LP) and the DPO loss under its
+solution (icon2.train.losses.dro_pair_losses)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ from icon2.train.dro import (
     AffinePieces,
     DROError,
     WorstCase,
-    dro_pair_losses,
     pair_weights,
     solve_in_groups,
     solve_worst_case,
     tangent_pieces,
 )
+from icon2.train.losses import dro_pair_losses
 
 EPS_GRID = (0.0, 0.01, 0.05, 0.2, 0.6)
 # Pieces with an increasing slope exercise the general branch of the LP (s >= |q|, q free).

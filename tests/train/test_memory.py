@@ -11,14 +11,17 @@ from typing import Any
 import pytest
 
 from icon2.core.errors import InputError, ParamsError
+from icon2.core.params import load_params
 from icon2.train.memory import (
     GIB,
     ModelShape,
     Setup,
+    check_choices,
     estimate,
     from_accelerate,
     read_accelerate_config,
     read_config,
+    setup_fields,
 )
 
 from ..conftest import REPO, run_stage
@@ -156,3 +159,50 @@ def test_cli_bad_input_is_one_line(tmp_path: Path) -> None:
 def test_total_is_sum_of_terms() -> None:
     plan = estimate(LLAMA3_8B, Setup())
     assert plan.total_gib * GIB == pytest.approx(sum(plan.terms.values()))
+
+
+NOTHING_GIVEN: dict[str, Any] = dict.fromkeys(("gpus", "sharding", "reference", "loss"))
+
+
+def test_setup_fields_precedence(write_params: Any) -> None:
+    train = load_params(
+        write_params({"train": {"loss": "dro", "precompute_ref_log_probs": True, "max_length": 64}})
+    ).train
+    fields = setup_fields(train, None, NOTHING_GIVEN, gpu_gib=40.0)
+    assert fields["gpu_gib"] == 40.0 and fields["max_length"] == 64
+    assert fields["loss"] == "dro" and fields["reference"] == "precomputed"
+    assert "sharding" not in fields  # nothing decided it: Setup's default
+    # The accelerate config overrides the params; the command line overrides both.
+    zero3 = REPO / "configs/accelerate/zero3.yaml"
+    fields = setup_fields(train, zero3, {**NOTHING_GIVEN, "gpus": 2}, gpu_gib=80.0)
+    assert fields["sharding"] == "zero3" and fields["gpus"] == 2
+    Setup(**fields)  # a valid plan
+
+
+def test_setup_fields_spa_keeps_the_reference_model(write_params: Any) -> None:
+    train = load_params(
+        write_params({"train": {"loss": "dpo", "precompute_ref_log_probs": True}})
+    ).train
+    assert setup_fields(train, None, NOTHING_GIVEN, gpu_gib=80.0)["reference"] == "precomputed"
+    given = {**NOTHING_GIVEN, "loss": "spa"}
+    assert setup_fields(train, None, given, gpu_gib=80.0)["reference"] == "model"
+    # An explicit --reference is kept (and Setup then refuses the combination).
+    given = {**NOTHING_GIVEN, "loss": "spa", "reference": "precomputed"}
+    fields = setup_fields(None, None, given, gpu_gib=80.0)
+    assert fields["reference"] == "precomputed"
+    with pytest.raises(ParamsError, match="spa"):
+        Setup(**fields)
+
+
+def test_setup_fields_checks_choices_and_the_named_accelerate_config(
+    tmp_path: Path, write_params: Any
+) -> None:
+    with pytest.raises(ParamsError, match=r"--sharding: 'zero4' is not one of"):
+        setup_fields(None, None, {"sharding": "zero4"}, gpu_gib=80.0)
+    with pytest.raises(ParamsError, match=r"--optimizer: 'sgd'"):
+        check_choices({"optimizer": "sgd"})
+    check_choices({"gpus": 3, "optimizer": "adamw_16bit"})
+    missing = tmp_path / "none.yaml"
+    train = load_params(write_params({"train": {"accelerate_config": str(missing)}})).train
+    with pytest.raises(InputError, match="accelerate config file not found"):
+        setup_fields(train, None, NOTHING_GIVEN, gpu_gib=80.0)

@@ -21,17 +21,19 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import icon2.train.trainer as trainer_module
 from icon2.core.params import SPAParams, TrainParams
+from icon2.train.batches import PAIR_INDEX
 from icon2.train.config import build_dpo_config, make_trainer
-from icon2.train.dro import WorstCase, dro_pair_losses
+from icon2.train.dro import WorstCase
 from icon2.train.losses import (
     ConfidenceWindow,
     dpo_loss,
     dpo_margin,
+    dro_pair_losses,
     extrapolated_logps,
     sequence_logps,
     spa_loss,
 )
-from icon2.train.trainer import PAIR_INDEX, Icon2DPOTrainer
+from icon2.train.trainer import Icon2DPOTrainer
 
 BETA = 0.5
 QUESTIONS = [
@@ -275,13 +277,13 @@ def test_spa_and_dro_train_and_log_metrics(tiny_model_dir: Path, tmp_path: Path)
     )
     dro.train()
     logs = [h for h in dro.state.log_history if "loss" in h]
-    assert len(logs) == 2 and dro.dro_solves == 2 and dro.step_timing.steps == 2
+    assert len(logs) == 2 and dro.dro.solves == 2 and dro.step_timing.steps == 2
     for h in logs:
         assert h["loss"] == pytest.approx(h["dro/weighted_loss"])
         # The budget goes to the least confident pairs, which need not be in this batch.
         assert h["dro/mean_shift"] >= 0 and h["dro/solve_seconds"] > 0
-    assert dro.dro_q is not None and dro.dro_q.sum() > 0
-    assert 0 < dro.dro_solve_seconds < dro.train_step_seconds
+    assert dro.dro.q is not None and dro.dro.q.sum() > 0
+    assert 0 < dro.dro.solve_seconds < dro.train_step_seconds
 
 
 def test_dro_with_eps_zero_is_dpo(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -289,7 +291,7 @@ def test_dro_with_eps_zero_is_dpo(tiny_model_dir: Path, tmp_path: Path) -> None:
     batch = _batch(trainer, [6, 1, 3])
     trainer.model.train()
     loss = trainer.compute_loss(trainer.model, batch)
-    assert trainer.dro_q is not None and np.all(trainer.dro_q == 0.0)
+    assert trainer.dro.q is not None and np.all(trainer.dro.q == 0.0)
     trainer.model.eval()
     dpo = trainer.compute_loss(trainer.model, batch)
     # Same Δ up to the order of dpo_margin's float operations vs TRL's (last-ulp differences).
@@ -327,14 +329,14 @@ def test_dro_weights_come_from_the_lp_by_pair_index(
     assert len(calls) == 1
     xi, kwargs = calls[0]
     assert kwargs["support_min"] == 0.05 and kwargs["args"][0] == 0.2 and kwargs["args"][2] == 3
-    sol = trainer.dro_solution
-    assert sol is not None and trainer.dro_alpha is not None and trainer.dro_q is not None
-    assert trainer.dro_xi is not None and np.isnan(trainer.dro_xi[2])
+    sol = trainer.dro.solution
+    assert sol is not None and trainer.dro.alpha is not None and trainer.dro.q is not None
+    assert trainer.dro.xi is not None and np.isnan(trainer.dro.xi[2])
     # The LP saw the pairs in ascending index order; each stored row is its pair's row.
     valid = [0, 1, 3, 4, 5, 6, 7, 8]
-    np.testing.assert_array_equal(trainer.dro_xi[valid], xi)
-    np.testing.assert_array_equal(trainer.dro_alpha[valid], sol.alpha)
-    np.testing.assert_array_equal(trainer.dro_q[valid], sol.q)
+    np.testing.assert_array_equal(trainer.dro.xi[valid], xi)
+    np.testing.assert_array_equal(trainer.dro.alpha[valid], sol.alpha)
+    np.testing.assert_array_equal(trainer.dro.q[valid], sol.q)
     assert np.any(sol.q > 0)
 
     # ξ of a pair, recomputed independently, matches the value stored at its index.
@@ -342,9 +344,9 @@ def test_dro_weights_come_from_the_lp_by_pair_index(
     raw = [pairs[i] for i in index]
     pol, ref = _hand_logps(trainer.model, tok, raw), _hand_logps(trainer.ref_model, tok, raw)
     delta = dpo_margin(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], BETA)
-    np.testing.assert_allclose(trainer.dro_xi[index], torch.sigmoid(delta).numpy(), atol=1e-5)
-    alpha = torch.from_numpy(trainer.dro_alpha[index])
-    q = torch.from_numpy(trainer.dro_q[index])
+    np.testing.assert_allclose(trainer.dro.xi[index], torch.sigmoid(delta).numpy(), atol=1e-5)
+    alpha = torch.from_numpy(trainer.dro.alpha[index])
+    q = torch.from_numpy(trainer.dro.q[index])
     expected = dro_pair_losses(delta, alpha, q, support_min=0.05).mean()
     torch.testing.assert_close(loss.detach(), expected, atol=1e-5, rtol=1e-5)
     assert loss.item() > -F.logsigmoid(delta).mean().item()  # the worst case costs more
@@ -352,7 +354,7 @@ def test_dro_weights_come_from_the_lp_by_pair_index(
     trainer.compute_loss(trainer.model, batch)  # same optimizer step: no new solve
     trainer.state.global_step = 2  # resolve_every = 2 steps later
     trainer.compute_loss(trainer.model, batch)
-    assert len(calls) == 2 and trainer.dro_solves == 2
+    assert len(calls) == 2 and trainer.dro.solves == 2
 
 
 def test_dro_default_warms_up_before_solving(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -368,16 +370,16 @@ def test_dro_default_warms_up_before_solving(tiny_model_dir: Path, tmp_path: Pat
     batch = _batch(trainer, [0, 1, 2])
     trainer.model.train()
     loss = trainer.compute_loss(trainer.model, batch)  # step 0: policy = reference
-    assert trainer.dro_solves == 0 and trainer.dro_alpha is None
+    assert trainer.dro.solves == 0 and trainer.dro.alpha is None
     torch.testing.assert_close(loss.detach(), torch.log(torch.tensor(2.0)))  # Δ ≡ 0
     trainer.model.eval()
     torch.testing.assert_close(loss.detach(), trainer.compute_loss(trainer.model, batch))
     trainer.model.train()
     trainer.train()
-    assert trainer.dro_solves == 1
-    assert trainer.dro_xi is not None and trainer.dro_weights is not None
-    xi = trainer.dro_xi[~np.isnan(trainer.dro_xi)]
+    assert trainer.dro.solves == 1
+    assert trainer.dro.xi is not None and trainer.dro.weights is not None
+    xi = trainer.dro.xi[~np.isnan(trainer.dro.xi)]
     assert np.ptp(xi) > 1e-4  # the solve saw pairs the policy already tells apart
     # More weight on the pairs the model finds most confusing (lowest ξ).
-    assert trainer.dro_weight_confusion_corr is not None
-    assert trainer.dro_weight_confusion_corr > 0
+    assert trainer.dro.weight_confusion_corr is not None
+    assert trainer.dro.weight_confusion_corr > 0

@@ -7,7 +7,7 @@ gets its engine from ``make_backend`` (``base.engine``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from icon2.core.params import Params
 
@@ -16,6 +16,21 @@ if TYPE_CHECKING:  # transformers is imported when an engine is made, not before
     from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
     from icon2.engines.base import Backend
+
+
+def generating_copy(model: PreTrainedModel, p: Params) -> PreTrainedModel:
+    """The model the HF engine decodes with: ``model`` itself, or a copy in ``hf.dtype`` when
+    that differs from the model's dtype (the stage's model keeps ``base.dtype`` for its
+    hidden-state reads, log-probs and training)."""
+    import copy
+
+    from icon2.model.loading import DTYPES
+
+    if p.hf.dtype is None or DTYPES[p.hf.dtype] == model.dtype:
+        return model
+    clone: Any = copy.deepcopy(model)
+    clone.to(DTYPES[p.hf.dtype])  # in place (nn.Module.to)
+    return cast("PreTrainedModel", clone.eval())
 
 
 def make_backend(
@@ -39,7 +54,9 @@ def make_backend(
         from icon2.engines.hf import HFBackend
 
         stops = end_of_turn_ids(tokenizer)
-        return HFBackend(model, tokenizer, stop_ids=stops, batch_size=batch_size)
+        return HFBackend(
+            generating_copy(model, p), tokenizer, stop_ids=stops, batch_size=batch_size
+        )
     from icon2.engines.vllm import VLLMBackend, check_steerable, require_vllm
 
     require_vllm()

@@ -1,8 +1,10 @@
-"""Trained vs starting model on held-out prompts: the judge, the records and the plot rows."""
+"""Trained vs starting model on held-out prompts: the answers, the judge, the records and
+the plot rows."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,12 @@ import polars as pl
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from icon2.core.params import Params
+from icon2.engines import make_backend
+from icon2.engines.base import Generation, Sampling
 from icon2.evaluate.judge import Judge, LMJudge, RewardModelJudge
+from icon2.evaluate.winrate import summarize
+from icon2.model.chat import render_prompt
 from icon2.model.loading import ModelSource, check_weight_files, load_source, resolve
 
 
@@ -49,6 +56,59 @@ def make_judge(
         model.eval()  # type: ignore[no-untyped-call]
         return LMJudge(model, jtok), judge
     return LMJudge(base, tokenizer), None
+
+
+def answer(
+    p: Params,
+    model_dir: Path,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    instructions: Sequence[str],
+    name: str,
+) -> list[Generation]:
+    """One answer per instruction (under ``base.system_prompt``) with the ``evaluate``
+    section's decoding settings, on the engine ``base.engine`` names; ``name`` labels the
+    progress bar."""
+    cfg = p.evaluate
+    sampling = Sampling(
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        repetition_penalty=cfg.repetition_penalty,
+        seed=p.base.seed,
+    )
+    rendered = [render_prompt(tokenizer, q, p.base.system_prompt) for q in instructions]
+    backend = make_backend(p, model_dir, model, tokenizer, batch_size=cfg.batch_size)
+    return backend.generate(rendered, sampling, desc=f"answers {name}")
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """The judge's verdicts on the trained vs the starting model's answers."""
+
+    trained: list[str]  # the trained model's answers, stripped
+    base: list[str]  # the starting model's answers, stripped
+    pref: np.ndarray  # [n] P(the trained answer is better)
+    summary: dict[str, Any]  # :func:`~icon2.evaluate.winrate.summarize`'s rates
+
+
+def judge_answers(
+    judge: Judge,
+    instructions: Sequence[str],
+    trained: Sequence[Generation],
+    base: Sequence[Generation],
+    *,
+    tie_margin: float,
+    groups: Sequence[str] | None,
+) -> Verdicts:
+    """Ask ``judge`` which answer is better (trained first) and summarise the preferences:
+    win / tie / loss rates and the length-controlled win rate on the answers' token counts,
+    also per group (criterion) when ``groups`` is given."""
+    first = [g.text.strip() for g in trained]
+    second = [g.text.strip() for g in base]
+    pref = judge.prefer_first(instructions, first, second)
+    lengths = [np.array([g.token_count for g in gens], float) for gens in (trained, base)]
+    summary = summarize(pref, *lengths, tie_margin=tie_margin, groups=groups)
+    return Verdicts(first, second, pref, summary)
 
 
 def sample_rows(

@@ -198,3 +198,29 @@ def summarize(ngram: pl.DataFrame, embedding: pl.DataFrame | None = None) -> dic
             embedding_max_cosine_max=float(cos.max()) if cos.size else 0.0,
         )
     return out
+
+
+def offending_prompts(
+    ngram: pl.DataFrame, embedding: pl.DataFrame | None, train_texts: Sequence[str]
+) -> pl.DataFrame:
+    """The flagged prompts, for a person to read.
+
+    Args:
+        ngram: :func:`ngram_leakage`'s table, one row per prompt in prompt order.
+        embedding: :func:`embedding_leakage`'s table for the same prompts, or None.
+        train_texts: the training texts ``embedding``'s ``train_index`` points into.
+
+    Returns:
+        The rows of ``ngram`` (``prompt_index`` renumbered 0..p−1) that leaked an n-gram
+        or, with embeddings, were flagged; with embeddings also max_cosine,
+        embedding_flagged and nearest_training_text.
+    """
+    table = ngram.drop("prompt_index").with_row_index("prompt_index")
+    if embedding is None:
+        return table.filter(pl.col("leaked"))
+    table = table.with_columns(
+        embedding["max_cosine"].alias("max_cosine"),
+        embedding["flagged"].alias("embedding_flagged"),
+        pl.Series("nearest_training_text", [train_texts[i] for i in embedding["train_index"]]),
+    )
+    return table.filter(pl.col("leaked") | pl.col("embedding_flagged"))

@@ -14,7 +14,8 @@ over the controlled layers, per criterion:
   smallest p is small by chance alone, so the Bonferroni bound min(1, d·p_min) is reported
   next to it.
 
-Pure functions on tensors/arrays; reading direction files is the stage's job.
+Pure functions on tensors/arrays, plus :func:`feature_set_sensitivity`, which extracts
+each feature set's directions with a loaded model; reading files is the stage's job.
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ import numpy as np
 import polars as pl
 import torch
 from scipy.stats import mannwhitneyu
+from transformers import PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from icon2.core.params import DirectionsParams
+from icon2.steps.direction_file import DirectionFile
+from icon2.steps.directions import extract
 
 MWMethod = Literal["auto", "asymptotic", "exact"]
 
@@ -138,3 +145,72 @@ def compare_directions(
         pl.DataFrame(per_layer, schema=LAYER_SCHEMA),
         pl.DataFrame(summary, schema=SUMMARY_SCHEMA),
     )
+
+
+def feature_set_sensitivity(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    reference: DirectionFile,
+    sources: Mapping[str, list[str]],
+    *,
+    layers: list[int],
+    cfg: DirectionsParams,
+) -> tuple[dict[str, Any], pl.DataFrame]:
+    """Appendix G: directions extracted from each feature set vs the ``reference`` file.
+
+    Every criterion of the reference is extracted again from each source's instructions
+    with the ``directions`` section's prompts, read position and batch size, and compared
+    at ``layers`` (the controlled layers, each a row of the reference).
+
+    Args:
+        sources: source name → its feature instructions.
+
+    Returns:
+        (metrics: ``reference_features`` and, per source, features, cosine_mean, cosine_min
+        and mw_min_p — the headline over criteria; the plot table: ``LAYER_SCHEMA`` columns
+        criterion, layer, cosine plus source and series = "source:criterion", empty when
+        there is no source).
+    """
+    rows = [reference.layers.index(x) for x in layers]
+    ref = {c: d.direction[rows] for c, d in reference.criteria.items()}
+    prompts = {c: (cfg.prompts[c].positive, cfg.prompts[c].negative) for c in reference.criteria}
+    metrics: dict[str, Any] = {"reference_features": reference.meta.get("num_features")}
+    frames = []
+    for name, instructions in sources.items():
+        dirs = extract(
+            model,
+            tokenizer,
+            instructions,
+            prompts,
+            layers=layers,
+            read_position=cfg.read_position,
+            batch_size=cfg.batch_size,
+        )
+        per_layer, summary = compare_directions(
+            ref, {c: d.direction for c, d in dirs.items()}, layers
+        )
+        frames.append(per_layer.with_columns(pl.lit(name).alias("source")))
+        # Headline: a few numbers per source; per criterion and layer go to the plot file.
+        metrics[name] = {
+            "features": len(instructions),
+            "cosine_mean": float(summary["cosine_mean"].mean()),  # type: ignore[arg-type]
+            "cosine_min": float(summary["cosine_min"].min()),  # type: ignore[arg-type]
+            "mw_min_p": float(summary["mw_min_p"].min()),  # type: ignore[arg-type]
+        }
+    if not frames:
+        return metrics, pl.DataFrame()
+    table = pl.concat(frames)
+    return metrics, table.with_columns(
+        (pl.col("source") + ":" + pl.col("criterion")).alias("series")
+    )
+
+
+def sensitivity_lines(metrics: Mapping[str, Any], layers: Sequence[int]) -> list[str]:
+    """One report line per source of :func:`feature_set_sensitivity`' metrics."""
+    return [
+        f"sensitivity {name} ({m['features']} features, layers {layers[0]}..{layers[-1]}):"
+        f" cosine mean {m['cosine_mean']:.4f}, min {m['cosine_min']:.4f};"
+        f" Mann-Whitney min p {m['mw_min_p']:.3g}"
+        for name, m in metrics.items()
+        if name != "reference_features"
+    ]

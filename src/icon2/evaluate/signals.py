@@ -13,15 +13,29 @@
   positive shift means training moved the answers towards the positive prompt.
 * **Judge discrimination** — the share of judgements that are not ties; a blind judge
   (every P ≈ 0.5) scores 0 and its win rates mean nothing.
+
+:func:`judge_free_signals` assembles the ``signals@<method>`` metrics from loaded models.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import torch
+from transformers import PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from icon2.core.errors import InputError
+from icon2.model.chat import render
+from icon2.model.logprobs import response_logps
+from icon2.model.states import last_token_states
+from icon2.steps.direction_file import DirectionFile
 
 
 def reward_accuracy(
@@ -111,3 +125,146 @@ def summarize_shift(shift: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
         "direction_shift": float(np.mean(values)) if values else 0.0,
         **{f"direction_shift_{c}": v["shift"] for c, v in shift.items()},
     }
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The validation split of a pair table as texts, aligned by row."""
+
+    user: list[str]
+    chosen: list[str]
+    rejected: list[str]
+    system: str | None  # the one system turn of every prompt (None = none)
+
+
+def held_out(pairs: pl.DataFrame) -> HeldOut:
+    """The validation rows' user turns, chosen and rejected texts and their system turn.
+
+    Args:
+        pairs: a pair table; uses columns split, prompt, chosen, rejected (chat-message
+            lists, as in ``PAIR_SCHEMA``).
+
+    Raises:
+        InputError: the validation rows use more than one system turn.
+    """
+    rows = pairs.filter(pl.col("split") == "validation").to_dicts()
+    systems = {
+        next((m["content"] for m in r["prompt"] if m["role"] == "system"), None) for r in rows
+    }
+    if len(systems) > 1:
+        raise InputError("held-out pairs use several system prompts; expected one")
+    return HeldOut(
+        user=[next(m["content"] for m in r["prompt"] if m["role"] == "user") for r in rows],
+        chosen=["".join(m["content"] for m in r["chosen"]) for r in rows],
+        rejected=["".join(m["content"] for m in r["rejected"]) for r in rows],
+        system=next(iter(systems), None),
+    )
+
+
+def read_answers(samples: Path) -> list[dict[str, Any]]:
+    """The evaluate stage's sample rows (JSONL with instruction, trained, base, ...).
+
+    Raises:
+        InputError: the file holds no row.
+    """
+    answers = [json.loads(line) for line in samples.read_text().splitlines() if line.strip()]
+    if not answers:
+        raise InputError(f"{samples}: no answers to read; raise evaluate.samples")
+    return answers
+
+
+def held_out_reward(
+    trained: PreTrainedModel,
+    base: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    held: HeldOut,
+    *,
+    beta: float,
+    batch_size: int,
+) -> dict[str, float]:
+    """Reward accuracy and mean margin of ``trained`` on ``held``, reference = ``base``
+    (DPO's implicit reward); empty when there is no held-out pair."""
+    if not held.user:
+        return {}
+    sums = [  # trained on chosen, rejected; then the reference on the same
+        response_logps(m, tokenizer, held.user, y, system=held.system, batch_size=batch_size)[0]
+        for m in (trained, base)
+        for y in (held.chosen, held.rejected)
+    ]
+    acc = reward_accuracy(*(s.numpy() for s in sums), beta=beta)
+    return {"reward_accuracy": acc["reward_accuracy"], "reward_margin": acc["reward_margin"]}
+
+
+def answer_states(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    answers: Sequence[Mapping[str, Any]],
+    key: str,
+    *,
+    layers: list[int],
+    system: str | None,
+    batch_size: int,
+) -> torch.Tensor:
+    """[n, L, d] last-token states of ``model`` reading each row's ``instruction`` and its
+    answer ``row[key]`` as a finished conversation (``system`` turn first, if any)."""
+    head = [] if system is None else [{"role": "system", "content": system}]
+    texts = [
+        render(
+            tokenizer,
+            [
+                *head,
+                {"role": "user", "content": a["instruction"]},
+                {"role": "assistant", "content": a[key]},
+            ],
+            add_generation_prompt=False,
+        )
+        for a in answers
+    ]
+    return last_token_states(model, tokenizer, texts, layers=layers, batch_size=batch_size)
+
+
+def judge_free_signals(
+    base: PreTrainedModel,
+    trained: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    held: HeldOut,
+    answers: Sequence[Mapping[str, Any]],
+    dfile: DirectionFile,
+    layers: list[int],
+    tie_rate: float,
+    beta: float,
+    system: str | None,
+    batch_size: int,
+) -> dict[str, Any]:
+    """The ``signals@<method>`` metrics: held-out pairs, reward accuracy and margin (when
+    there are held-out pairs), answers, the mean and per-criterion direction shift at
+    ``layers`` (both answers re-read by ``base``, unsteered) and the judge's discrimination
+    (1 − ``tie_rate`` of the evaluate stage)."""
+    result: dict[str, Any] = {"held_out_pairs": len(held.user)}
+    result.update(held_out_reward(trained, base, tokenizer, held, beta=beta, batch_size=batch_size))
+    read = {
+        k: answer_states(
+            base, tokenizer, answers, k, layers=layers, system=system, batch_size=batch_size
+        )
+        for k in ("trained", "base")
+    }
+    rows = [dfile.layers.index(x) for x in layers]
+    dirs = {c: (d.direction[rows], d.contrastive_norm[rows]) for c, d in dfile.criteria.items()}
+    shift = direction_shift(
+        {c: projections(read["trained"], u, s) for c, (u, s) in dirs.items()},
+        {c: projections(read["base"], u, s) for c, (u, s) in dirs.items()},
+    )
+    result.update(answers=len(answers), **summarize_shift(shift))
+    result["judge_discrimination"] = 1.0 - float(tie_rate)
+    return result
+
+
+def signals_line(result: Mapping[str, Any]) -> str:
+    """The stage's one-line report of :func:`judge_free_signals`' result."""
+    ra = result.get("reward_accuracy")
+    return (
+        f"signals: held-out reward accuracy {'n/a' if ra is None else f'{ra:.3f}'}, "
+        f"direction shift {result['direction_shift']:+.4f}, "
+        f"judge discrimination {result['judge_discrimination']:.3f}"
+    )

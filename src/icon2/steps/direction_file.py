@@ -10,7 +10,7 @@ layers, prompt-text hash, feature-set hash, read position and the stage's proven
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from icon2.core.errors import InputError
 from icon2.core.io import PROVENANCE_KEY, atomic_path, read_provenance
+from icon2.core.layers import resolve_layers
 from icon2.steps.directions import CriterionDirections
 
 STATS = ("evr", "contrastive_norm", "hidden_norm", "mean_projection")
@@ -135,6 +136,24 @@ def check_criteria(dfile: DirectionFile, wanted: list[str], where: str, path: Pa
             f"{where}: criteria {missing} have no direction in {path} "
             f"(it has {list(dfile.criteria)}); rerun `dvc repro directions` or the filter"
         )
+
+
+def controlled_layers(
+    dfile: DirectionFile,
+    requested: Sequence[int] | None,
+    num_layers: int,
+    path: Path,
+    key: str = "pairs.layers",
+) -> list[int]:
+    """The controlled layers (A4): ``requested`` (``pairs.layers``), or by default the middle
+    third of the model's ``num_layers``, each of which must be a row of the file at ``path``.
+
+    Raises:
+        ModelError: as :func:`~icon2.core.layers.resolve_layers`, naming ``key`` and ``path``.
+    """
+    return resolve_layers(
+        requested, num_layers, key, default="middle", within=dfile.layers, source=str(path)
+    )
 
 
 GammaScale = Literal["contrastive_norm", "hidden_norm", "unit"]

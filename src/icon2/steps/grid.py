@@ -10,18 +10,25 @@ combining its chosen and rejected answers per instruction.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import polars as pl
+from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from icon2.core.layers import middle_third
+from icon2.core.layers import middle_third, resolve_layers
+from icon2.core.params import Params
+from icon2.engines import make_backend
 from icon2.engines.base import Backend, Sampling
 from icon2.evaluate.cost import Meter
+from icon2.evaluate.metered import stage_meter
+from icon2.evaluate.scorers import make_scorer
 from icon2.model.chat import render_prompt
 from icon2.steps.baselines import Scorer, drop_reason
 from icon2.steps.direction_file import DirectionFile, GammaScale, steering_vectors
-from icon2.steps.selection import SCORED_SCHEMA
+from icon2.steps.selection import SCORED_SCHEMA, Selection, apply_command, grid_table, select
 
 
 def subsample(kept: pl.DataFrame, n: int, seed: int) -> pl.DataFrame:
@@ -116,3 +123,105 @@ def layer_thirds(num_layers: int) -> dict[str, list[int]]:
         "middle": middle_third(num_layers),
         "late": list(range(max(num_layers - third + 1, 1), num_layers + 1)),
     }
+
+
+def layer_ranges(
+    requested: Mapping[str, list[int]] | None, num_layers: int, dfile: DirectionFile, path: Path
+) -> dict[str, list[int]]:
+    """The grid's layer ranges: ``select.layer_ranges``, or by default
+    :func:`layer_thirds`; every layer must be one of the direction file's (at ``path``).
+
+    Raises:
+        ModelError: naming ``select.layer_ranges.<name>`` (see
+            :func:`~icon2.core.layers.resolve_layers`).
+    """
+    return {
+        name: resolve_layers(
+            layers,
+            num_layers,
+            f"select.layer_ranges.{name}",
+            within=dfile.layers,
+            source=str(path),
+        )
+        for name, layers in (requested or layer_thirds(num_layers)).items()
+    }
+
+
+@dataclass(frozen=True)
+class GridRun:
+    """The ``selection`` stage's results."""
+
+    scored: pl.DataFrame  # one ``SCORED_SCHEMA`` row per generated pair
+    cells: pl.DataFrame  # one ``GRID_SCHEMA`` row per grid cell
+    pick: Selection | None
+    reason: str  # what was picked and why, or why nothing could be
+    scorer: str  # the scorer's name
+    instructions: int  # the subsample's size
+    meters: list[Meter]  # response generation, preference annotation (cost, A8)
+
+    def summary(self) -> dict[str, Any]:
+        """The chosen setting as the stage reports it (``selected.json``)."""
+        return {
+            "selected": None if self.pick is None else self.pick.to_json(),
+            "reason": self.reason,
+            "apply": apply_command(self.pick),
+            "scorer": self.scorer,
+            "instructions": self.instructions,
+            "cells": self.cells.height,
+        }
+
+
+def run_grid(
+    p: Params,
+    model_dir: Path,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    model_name: str,
+    dfile: DirectionFile,
+    kept: pl.DataFrame,
+    ranges: Mapping[str, list[int]],
+) -> GridRun:
+    """A6 with the ``select`` section: score the γ⁺ × γ⁻ × ``ranges`` grid on a seeded
+    subsample of ``kept`` (the filter stage's table) and apply the appendix-J rule.
+
+    Generation uses the ``pairs`` decoding settings (``select.max_new_tokens`` if set) on
+    the engine ``base.engine`` names; answers are scored by the ``baselines`` section's
+    reward model or judge (default: the starting model rating its own answers).
+    """
+    cfg, pc = p.select, p.pairs
+    rows = subsample(kept, cfg.instructions, p.base.seed if cfg.seed is None else cfg.seed)
+    # Its own method in the cost table: tuning work, outside the ICON² / baseline ratio.
+    method, device = "icon2 selection", p.base.device
+    generation = stage_meter("selection", method, "response generation", device)
+    annotation = stage_meter("selection", method, "preference annotation", device)
+    scorer = make_scorer(
+        p.baselines.reward_model,
+        p.baselines.judge,
+        (model, tokenizer, model_name),
+        dtype=p.base.dtype,
+        batch_size=p.baselines.batch_size,
+    )
+    scored = grid_scores(
+        make_backend(p, model_dir, model, tokenizer, batch_size=pc.batch_size, steering=True),
+        tokenizer,
+        rows,
+        dfile,
+        ranges=ranges,
+        gammas_pos=cfg.gamma_pos,
+        gammas_neg=cfg.gamma_neg,
+        scale=pc.gamma_scale,
+        sampling=Sampling(
+            max_new_tokens=cfg.max_new_tokens or pc.max_new_tokens,
+            temperature=pc.temperature,
+            top_p=pc.top_p,
+            repetition_penalty=pc.repetition_penalty,
+            seed=p.base.seed,
+        ),
+        system=p.base.system_prompt,
+        scorer=scorer,
+        generation=generation,
+        annotation=annotation,
+    )
+    cells = grid_table(scored)
+    pick, reason = select(cells, min_share=cfg.min_share)
+    return GridRun(scored, cells, pick, reason, scorer.name, rows.height, [generation, annotation])

@@ -7,12 +7,19 @@ No extra candidates are sampled and no judge is asked.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import polars as pl
+from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from icon2.core.errors import InputError
+from icon2.core.params import Params
 from icon2.core.tables import PAIR_SCHEMA
+from icon2.engines import make_backend
 from icon2.engines.base import Backend, Generation, Sampling
+from icon2.evaluate.cost import Meter
+from icon2.evaluate.metered import MeteredBackend, stage_meter
 from icon2.model.chat import render_prompt
 from icon2.steps.direction_file import DirectionFile, GammaScale, steering_vectors
 
@@ -91,6 +98,47 @@ def generate_pairs(
     counts["train"] = table.filter(pl.col("split") == "train").height
     counts["validation"] = table.height - counts["train"]
     return table, counts
+
+
+def steer_pairs(
+    p: Params,
+    model_dir: Path,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    kept: pl.DataFrame,
+    dfile: DirectionFile,
+    layers: list[int],
+) -> tuple[pl.DataFrame, dict[str, int], Meter]:
+    """The ``pairs`` stage's work: :func:`generate_pairs` with the ``pairs`` section's γ and
+    decoding settings, on the engine ``base.engine`` names, metered as ICON²'s response
+    generation (cost, A8).
+
+    Returns:
+        (pairs with ``PAIR_SCHEMA``, counts, the meter).
+    """
+    cfg = p.pairs
+    sampling = Sampling(
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        repetition_penalty=cfg.repetition_penalty,
+        seed=p.base.seed,
+    )
+    meter = stage_meter("pairs", "icon2", "response generation", p.base.device)
+    backend = make_backend(p, model_dir, model, tokenizer, batch_size=cfg.batch_size, steering=True)
+    pairs, counts = generate_pairs(
+        MeteredBackend(backend, meter, tokenizer),
+        tokenizer,
+        kept,
+        dfile,
+        gamma_pos=cfg.gamma_pos,
+        gamma_neg=cfg.gamma_neg,
+        layers=layers,
+        scale=cfg.gamma_scale,
+        sampling=sampling,
+        system=p.base.system_prompt,
+    )
+    return pairs, counts, meter
 
 
 def _drop_reason(chosen: Generation, rejected: Generation) -> str | None:

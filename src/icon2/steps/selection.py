@@ -151,3 +151,21 @@ def select(grid: pl.DataFrame, *, min_share: float = MIN_SHARE) -> tuple[Selecti
         f"{pick.chosen_reward:.4f}, then best mean rejected reward {pick.rejected_reward:.4f} "
         f"among {passing.height} of {mine.height} γ⁻ settings with a share above {min_share:g}"
     )
+
+
+def apply_command(pick: Selection | None) -> str | None:
+    """The ``dvc exp run`` command that sets the picked γ⁺, γ⁻ and layers in
+    ``params.yaml``; None when nothing was picked."""
+    if pick is None:
+        return None
+    layers = ",".join(str(x) for x in pick.layers)
+    return (
+        f"dvc exp run --set-param pairs.gamma_pos={pick.gamma_pos:g} "
+        f"--set-param pairs.gamma_neg={pick.gamma_neg:g} --set-param 'pairs.layers=[{layers}]'"
+    )
+
+
+def grid_csv(grid: pl.DataFrame) -> pl.DataFrame:
+    """A grid table (``GRID_SCHEMA``) for CSV and plots: ``layers`` as one space-separated
+    string ("10 11 12"), the other columns as they are."""
+    return grid.with_columns(pl.col("layers").cast(pl.List(pl.String)).list.join(" "))

@@ -8,18 +8,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import polars as pl
 import torch
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from icon2.core.errors import InputError
+from icon2.core.errors import InputError, ParamsError
+from icon2.core.params import Params
 from icon2.core.tables import SPA_PAIR_SCHEMA
+from icon2.engines import make_backend
 from icon2.engines.base import Backend, Sampling
 from icon2.model.chat import render_prompt
 from icon2.model.logprobs import response_logps
+from icon2.train.distributed import all_ranks, process_state
 from icon2.train.losses import length_penalised_reward, prefer_first
+
+# The counts an iteration reports in its metrics (the rest describe the sampling).
+HEADLINE = ("pairs", "truncated_responses", "tied_rewards", "mean_reward_gap")
 
 
 def order_pairs(
@@ -68,6 +75,23 @@ class Annotation:
 
     table: pl.DataFrame
     counts: dict[str, int | float]
+
+    def headline(self) -> dict[str, int | float]:
+        """The counts named in ``HEADLINE``, for the iteration's metrics."""
+        return {k: self.counts[k] for k in HEADLINE}
+
+
+def check_previous(previous: Path, iteration: str) -> None:
+    """π_{t−1} must exist before iteration t runs.
+
+    Raises:
+        ParamsError: naming ``spa.iterations.<t>.previous``.
+    """
+    if not previous.is_dir():
+        raise ParamsError(
+            f"spa.iterations.{iteration}.previous: {previous} does not exist; run the stage "
+            f"that writes it first (`dvc repro` runs them in order)"
+        )
 
 
 def prompt_slice(texts: Sequence[str], iteration: int, size: int, where: str) -> list[str]:
@@ -180,3 +204,41 @@ def merge_annotations(parts: Sequence[Annotation]) -> Annotation:
     counts = {k: sum(a.counts[k] for a in parts) for k in parts[0].counts}
     counts["mean_reward_gap"] = float(gap.mean())
     return Annotation(table, counts)
+
+
+def annotate_iteration(
+    p: Params,
+    iteration: str,
+    previous: Path,
+    policy: PreTrainedModel,
+    init: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    instructions: Sequence[str],
+    *,
+    seed: int,
+) -> Annotation:
+    """Part B steps 1a–1b of ``spa@<iteration>`` with the ``spa`` section, on the engine
+    ``base.engine`` names for π_{t−1} (``policy``, loaded from ``previous``).
+
+    With several processes each samples and labels its share of ``instructions`` (every
+    ``num_processes``-th, seeded ``seed + process_index``) and every process gets the merged
+    annotation of all of them, in rank order.
+    """
+    cfg, rank = p.spa, process_state()
+    annotation = self_annotate(
+        make_backend(p, previous, policy, tokenizer, batch_size=cfg.batch_size),
+        policy,
+        init,
+        tokenizer,
+        instructions[rank.process_index :: rank.num_processes],
+        sampling=Sampling(
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            seed=seed + rank.process_index,
+        ),
+        system=p.base.system_prompt,
+        beta=cfg.beta,
+        length_penalty=cfg.length_penalty,
+        label=f"spa@{iteration}",
+    )
+    return merge_annotations(all_ranks(annotation))

@@ -7,10 +7,24 @@ plausible instruction and closes the turn with its end-of-turn token.
 
 from __future__ import annotations
 
-import polars as pl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import polars as pl
+from transformers import PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from icon2.core.errors import InputError
+from icon2.core.params import Params
 from icon2.core.tables import RAW_SCHEMA
+from icon2.engines import make_backend
 from icon2.engines.base import Backend, Sampling
+from icon2.evaluate.cost import Meter
+from icon2.evaluate.metered import MeteredBackend, stage_meter
+from icon2.model.chat import pre_query_template
+from icon2.model.embeddings import Embedder
+from icon2.steps.cleaning import clean, distinct_n, length_stats
 
 
 def synthesize(
@@ -58,3 +72,78 @@ def from_file(instructions: list[str]) -> pl.DataFrame:
         },
         schema=RAW_SCHEMA,
     )
+
+
+@dataclass(frozen=True)
+class Synthesized:
+    """The ``synthesize`` stage's results."""
+
+    kept: pl.DataFrame  # the cleaned instructions (``INSTRUCTION_SCHEMA``)
+    metrics: dict[str, Any]  # clean's counts, distinct_2 and mean_words of the kept texts
+    template: str | None  # the pre-query template sampled from (None: read from a file)
+    meter: Meter  # response generation, shared by every method (A8)
+
+
+def make_instructions(
+    p: Params,
+    model_dir: Path,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    external: list[str] | None,
+    *,
+    embed: Embedder | None,
+    seed: int,
+    target: Path,
+) -> Synthesized:
+    """A2 with the ``synthesize`` section: ``external`` instructions when given, else
+    ``synthesize.count`` user turns sampled (seeded with ``seed``) from the pre-query
+    template, on the engine ``base.engine`` names; then :func:`~icon2.steps.cleaning.clean`
+    with ``embed`` for near-duplicates.
+
+    Raises:
+        InputError: the cleaning rules dropped every sample (naming the counts, the
+            rules' params and ``target``, the output left unwritten).
+    """
+    cfg = p.synthesize
+    # Every method starts from these instructions: shared work, outside the ratio (A8).
+    meter = stage_meter("synthesize", "shared", "response generation", p.base.device)
+    template = None
+    if external is not None:
+        raw = from_file(external)
+    else:
+        template = cfg.pre_query_template or pre_query_template(tokenizer)
+        sampling = Sampling(
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            seed=seed,
+        )
+        backend = make_backend(p, model_dir, model, tokenizer, batch_size=cfg.batch_size)
+        raw = synthesize(
+            MeteredBackend(backend, meter, tokenizer),
+            template,
+            cfg.count,
+            sampling,
+            stop_at_newline=cfg.stop_at_newline,
+        )
+    kept, counts = clean(
+        raw,
+        min_chars=cfg.min_chars,
+        max_chars=cfg.max_chars,
+        near_dup_threshold=cfg.near_dup_threshold,
+        embed=embed,
+    )
+    if kept.height == 0:
+        dropped = {k: v for k, v in counts.items() if k not in ("raw", "kept") and v}
+        raise InputError(
+            f"synthesize: all {counts['raw']} samples were dropped by the cleaning rules "
+            f"{dropped} (synthesize.min_chars={cfg.min_chars}, max_chars={cfg.max_chars}, "
+            f"max_new_tokens={cfg.max_new_tokens}); nothing written to {target}"
+        )
+    texts = kept["instruction"].to_list()
+    metrics = {
+        **counts,
+        "distinct_2": distinct_n(texts, 2),
+        "mean_words": length_stats(texts)["mean_words"],
+    }
+    return Synthesized(kept, metrics, template, meter)

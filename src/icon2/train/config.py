@@ -16,7 +16,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl.trainer.dpo_config import DPOConfig
 
 from icon2.core.params import TrainParams
-from icon2.train.trainer import EvaluateAtEnd, Icon2DPOTrainer
+from icon2.train.callbacks import EvaluateAtEnd
+from icon2.train.trainer import Icon2DPOTrainer
 
 
 def build_dpo_config(

@@ -2,7 +2,9 @@
 
 Pair i has ξ_i = σ(Δ_i) ∈ [0, 1] and loss −log ξ_i. With −log minorised by K tangents, the
 worst case over a 1-Wasserstein ball of radius ε (Mohajerin Esfahani & Kuhn, 2018) is an LP whose
-solution splits each pair into K weighted, shifted copies; training minimises DPO under it.
+solution splits each pair into K weighted, shifted copies; training minimises DPO under it
+(the loss of one batch under a solution: :func:`icon2.train.losses.dro_pair_losses`). This
+module is the LP side only (NumPy/SciPy); the trainer holds the solution between solves.
 
 The support is Ξ = [support_min, 1]. With support_min = 0 the worst case moves the least
 confident pairs all the way to ξ = 0, where −log clamp(σ(Δ) − q/α) sits on its clamp and gives
@@ -17,8 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
-import torch
-import torch.nn.functional as F
 from scipy.optimize import linprog
 
 from icon2.core.errors import Icon2Error
@@ -314,47 +314,3 @@ def solve_in_groups(
         eps=eps,
         support_min=support_min,
     )
-
-
-def dro_pair_losses(
-    delta: torch.Tensor,
-    alpha: torch.Tensor,
-    q: torch.Tensor,
-    support_min: float = 0.0,
-    min_prob: float = 1e-6,
-) -> torch.Tensor:
-    """Per-pair DPO loss under the worst-case distribution (α, q held fixed).
-
-    Copy k of pair i sits at σ(Δ_i) − c_ik with c_ik = q_ik/α_ik, the shift the LP chose.
-    The LP keeps every point in the support [support_min, 1]; between solves σ(Δ) moves, so
-    the shift is capped by the current distance to the floor, min(c, max(σ(Δ) − floor, 0))
-    (computed without gradient): the point never leaves the support, never lands on the
-    clamp where −log has no gradient, and a pair below the floor trains as plain DPO —
-    exactly where the LP put it (raised to the floor, it cannot be shifted further down).
-    At the moment of the solve the points are the LP's support points.
-
-    Args:
-        delta: DPO margins Δ_i, shape [B]; gradients flow through it.
-        alpha: Fixed copy weights, shape [B, K].
-        q: Fixed mass-weighted shifts, shape [B, K].
-        support_min: Lower end of the support Ξ, as used by the solve.
-        min_prob: Last-resort lower clamp keeping −log finite.
-
-    Returns:
-        Σ_k α_ik · (−log(σ(Δ_i) − c_ik)), shape [B].
-    """
-    alpha = alpha.to(device=delta.device, dtype=delta.dtype)
-    q = q.to(device=delta.device, dtype=delta.dtype)
-    pos = alpha > 0
-    # Divide by a safe denominator so α = 0 gives shift 0 rather than a NaN from 0/0.
-    shift = torch.where(pos, q / torch.where(pos, alpha, torch.ones_like(alpha)), 0.0)
-    d = delta.unsqueeze(-1)
-    p = torch.sigmoid(d)
-    room = torch.clamp(p.detach() - max(support_min, min_prob), min=0.0)
-    shift = torch.minimum(shift, room)
-    # Unshifted copies use logsigmoid so that ε = 0 reproduces plain DPO bit for bit
-    # (and stays accurate for very negative Δ, where σ(Δ) underflows).
-    plain = -F.logsigmoid(d).expand_as(shift)
-    shifted = -torch.log(torch.clamp(p - shift, min=min_prob, max=1.0))
-    per_k = torch.where(shift == 0, plain, shifted)
-    return (alpha * per_k).sum(dim=-1)

@@ -23,6 +23,29 @@ _SUMMARY = frozenset(
     {"train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss"}
 )
 _SKIP = frozenset({"epoch", "total_flos", "num_tokens"})
+# The series whose latest value goes to <dir>/metrics.json (a declared DVC metric); every
+# series is still drawn in the plots. Keeps `dvc metrics show` to the headline numbers.
+SUMMARY_SERIES = (
+    "train/loss",
+    "train/rewards/accuracies",
+    "train/rewards/margins",
+    "eval/loss",
+    "eval/rewards/accuracies",
+    "eval/rewards/margins",
+)
+
+
+def nested_summary(latest: dict[str, float]) -> dict[str, Any]:
+    """``{"train/loss": v}`` → ``{"train": {"loss": v}}``, for the series in SUMMARY_SERIES."""
+    out: dict[str, Any] = {}
+    for name in SUMMARY_SERIES:
+        if name in latest:
+            *parents, leaf = name.split("/")
+            node = out
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = latest[name]
+    return out
 
 
 def series_name(key: str) -> str:
@@ -38,6 +61,7 @@ class LiveCurves(TrainerCallback):
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.live: Any = None
+        self.latest: dict[str, float] = {}
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -69,6 +93,8 @@ class LiveCurves(TrainerCallback):
         for key, value in logs.items():
             if key not in _SKIP and isinstance(value, int | float) and not isinstance(value, bool):
                 self.live.log_metric(series_name(key), float(value))
+                self.latest[series_name(key)] = float(value)
+        self.live.summary = nested_summary(self.latest)
         self.live.make_summary()
 
     def on_train_end(

@@ -1,4 +1,4 @@
-"""Pure loss functions for DPO and SPA self-refinement.
+"""Pure loss functions for DPO, SPA self-refinement and DRO (a batch under a fixed worst case).
 
 Everything here is stateless except :class:`ConfidenceWindow`, which holds the moving window of
 recent noise-detection confidences. A trainer (e.g. a thin ``DPOTrainer`` subclass) computes the
@@ -214,3 +214,47 @@ def prefer_first(reward1: torch.Tensor, reward2: torch.Tensor) -> torch.Tensor:
     """
     _check_same_shape(reward1=reward1, reward2=reward2)
     return (reward1 - reward2) > 0
+
+
+def dro_pair_losses(
+    delta: torch.Tensor,
+    alpha: torch.Tensor,
+    q: torch.Tensor,
+    support_min: float = 0.0,
+    min_prob: float = 1e-6,
+) -> torch.Tensor:
+    """Per-pair DPO loss under the worst-case distribution (α, q held fixed).
+
+    Copy k of pair i sits at σ(Δ_i) − c_ik with c_ik = q_ik/α_ik, the shift the LP chose.
+    The LP keeps every point in the support [support_min, 1]; between solves σ(Δ) moves, so
+    the shift is capped by the current distance to the floor, min(c, max(σ(Δ) − floor, 0))
+    (computed without gradient): the point never leaves the support, never lands on the
+    clamp where −log has no gradient, and a pair below the floor trains as plain DPO —
+    exactly where the LP put it (raised to the floor, it cannot be shifted further down).
+    At the moment of the solve the points are the LP's support points.
+
+    Args:
+        delta: DPO margins Δ_i, shape [B]; gradients flow through it.
+        alpha: Fixed copy weights, shape [B, K].
+        q: Fixed mass-weighted shifts, shape [B, K].
+        support_min: Lower end of the support Ξ, as used by the solve.
+        min_prob: Last-resort lower clamp keeping −log finite.
+
+    Returns:
+        Σ_k α_ik · (−log(σ(Δ_i) − c_ik)), shape [B].
+    """
+    alpha = alpha.to(device=delta.device, dtype=delta.dtype)
+    q = q.to(device=delta.device, dtype=delta.dtype)
+    pos = alpha > 0
+    # Divide by a safe denominator so α = 0 gives shift 0 rather than a NaN from 0/0.
+    shift = torch.where(pos, q / torch.where(pos, alpha, torch.ones_like(alpha)), 0.0)
+    d = delta.unsqueeze(-1)
+    p = torch.sigmoid(d)
+    room = torch.clamp(p.detach() - max(support_min, min_prob), min=0.0)
+    shift = torch.minimum(shift, room)
+    # Unshifted copies use logsigmoid so that ε = 0 reproduces plain DPO bit for bit
+    # (and stays accurate for very negative Δ, where σ(Δ) underflows).
+    plain = -F.logsigmoid(d).expand_as(shift)
+    shifted = -torch.log(torch.clamp(p - shift, min=min_prob, max=1.0))
+    per_k = torch.where(shift == 0, plain, shifted)
+    return (alpha * per_k).sum(dim=-1)

@@ -33,11 +33,14 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
 from icon2.core.errors import InputError, ParamsError
+
+if TYPE_CHECKING:  # pydantic only, but the plan needs no params module at import time
+    from icon2.core.params import TrainSection
 
 Precision = Literal["fp32", "bf16", "fp16"]
 Sharding = Literal["none", "zero1", "zero2", "zero3", "fsdp"]
@@ -296,3 +299,61 @@ def from_accelerate(config: Mapping[str, Any]) -> dict[str, Any]:
             f"distributed_type {kind!r} is not planned (NO, MULTI_GPU, DEEPSPEED, FSDP)"
         )
     return out
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "sharding": ("none", "zero1", "zero2", "zero3", "fsdp"),
+    "precision": ("fp32", "bf16", "fp16"),
+    "reference": ("model", "precomputed"),
+    "loss": ("dpo", "spa", "dro"),
+    "optimizer": ("adamw", "adamw_16bit"),
+}
+
+
+def check_choices(fields: Mapping[str, Any]) -> None:
+    """Refuse a :class:`Setup` field value outside :data:`CHOICES`, naming its option.
+
+    Raises:
+        ParamsError: e.g. ``--sharding: 'zero4' is not one of (...)``.
+    """
+    for key, allowed in CHOICES.items():
+        if key in fields and fields[key] not in allowed:
+            raise ParamsError(f"--{key.replace('_', '-')}: {fields[key]!r} is not one of {allowed}")
+
+
+def setup_fields(
+    train: TrainSection | None,
+    accelerate_config: Path | None,
+    given: Mapping[str, Any],
+    *,
+    gpu_gib: float,
+) -> dict[str, Any]:
+    """The checked :class:`Setup` fields of a plan, from (lowest precedence first) the
+    ``train`` section, the accelerate config (``accelerate_config``, else the one ``train``
+    names) and ``given`` (command-line values; None = not given).
+
+    Raises:
+        ParamsError: a value outside :data:`CHOICES`.
+        InputError: an unreadable accelerate config (:func:`read_accelerate_config`).
+    """
+    fields: dict[str, Any] = {"gpu_gib": gpu_gib}
+    if train is not None:
+        # SPA mixes reference logits in every step, so it always keeps the reference model.
+        precomputed = train.precompute_ref_log_probs and train.loss != "spa"
+        fields.update(
+            precision=train.precision,
+            per_device_batch=train.per_device_train_batch_size,
+            max_length=train.max_length,
+            gradient_checkpointing=train.gradient_checkpointing,
+            loss=train.loss,
+            reference="precomputed" if precomputed else "model",
+        )
+        if accelerate_config is None and train.accelerate_config is not None:
+            accelerate_config = Path(train.accelerate_config)
+    if accelerate_config is not None:
+        fields.update(from_accelerate(read_accelerate_config(accelerate_config)))
+    fields.update({k: v for k, v in given.items() if v is not None})
+    if fields.get("loss") == "spa" and given.get("reference") is None:
+        fields["reference"] = "model"  # SPA mixes reference logits in every step
+    check_choices(fields)
+    return fields

@@ -1,6 +1,10 @@
 """One entry point for every training run (the ``train`` stage, each ``spa@t`` iteration,
 the benchmark): build the trainer in a scratch directory, train, time it, and save the
 checkpoint with a model card that names its parent, its data and its params.
+
+The stages train with :func:`train_and_gather` (every rank trains; the main process gets
+the gathered weights and saves them with :meth:`Trained.save`) and report
+:func:`train_metrics` / :func:`curve_metrics`.
 """
 
 from __future__ import annotations
@@ -13,14 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import torch
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from icon2.core.io import weights_hash
+from icon2.core.io import atomic_dir, weights_hash
 from icon2.core.params import TrainParams
 from icon2.model.loading import MODEL_CARD
 from icon2.train.config import make_trainer
+from icon2.train.distributed import full_state_dict, is_main_process
 from icon2.train.live import LiveCurves
+from icon2.train.report import headline
 from icon2.train.trainer import Icon2DPOTrainer
 
 
@@ -40,15 +47,15 @@ class TrainResult:
     @property
     def dro_summary(self) -> dict[str, float | int]:
         """DRO's solves and how its weights relate to confusion (empty for other losses)."""
-        t = self.trainer
-        if t.variant != "dro":
+        if self.trainer.variant != "dro":
             return {}
+        dro = self.trainer.dro
         out: dict[str, float | int] = {
-            "dro_solves": t.dro_solves,
-            "dro_solve_seconds": round(t.dro_solve_seconds, 4),
+            "dro_solves": dro.solves,
+            "dro_solve_seconds": round(dro.solve_seconds, 4),
         }
-        if t.dro_weight_confusion_corr is not None:
-            out["dro_weight_confusion_corr"] = round(t.dro_weight_confusion_corr, 4)
+        if dro.weight_confusion_corr is not None:
+            out["dro_weight_confusion_corr"] = round(dro.weight_confusion_corr, 4)
         return out
 
 
@@ -117,3 +124,90 @@ def save_checkpoint(
     }
     (out_dir / MODEL_CARD).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     return card
+
+
+def needs_reference(tp: TrainParams) -> bool:
+    """Whether training needs a second, frozen copy of the starting model as the reference.
+
+    Precomputed reference log-probs come from the starting policy before training, so DPO
+    and DRO need no second model in memory; SPA mixes reference logits in every step.
+    """
+    return not (tp.precompute_ref_log_probs and tp.loss != "spa")
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A finished run on the main process, with the full weights gathered for saving."""
+
+    result: TrainResult
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    state: dict[str, torch.Tensor] | None  # None: save ``model``'s own parameters
+
+    def save(
+        self, out_dir: Path, *, parent: dict[str, Any], name: str, extra: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Write the checkpoint to ``out_dir`` atomically (:func:`save_checkpoint`'s card)."""
+        with atomic_dir(out_dir) as tmp:
+            return save_checkpoint(
+                tmp,
+                self.model,
+                self.tokenizer,
+                parent=parent,
+                name=name,
+                extra=extra,
+                state=self.state,
+            )
+
+
+def train_and_gather(
+    tp: TrainParams,
+    *,
+    policy: PreTrainedModel,
+    ref: PreTrainedModel | None,
+    tokenizer: PreTrainedTokenizerBase,
+    train_dataset: datasets.Dataset,
+    eval_dataset: datasets.Dataset | None = None,
+    seed: int,
+    live: Path | None = None,
+) -> Trained | None:
+    """:func:`train` on every process, then gather the trained weights (a collective: every
+    rank takes part) for the main process, the only one that writes outputs.
+
+    Returns:
+        The run and its weights on the main process; None on the other ranks.
+    """
+    result = train(
+        tp,
+        policy=policy,
+        ref=ref,
+        tokenizer=tokenizer,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        seed=seed,
+        live=live,
+    )
+    state = full_state_dict(result.trainer)
+    if not is_main_process():
+        return None
+    return Trained(result, policy, tokenizer, state)
+
+
+def curve_metrics(result: TrainResult) -> dict[str, Any]:
+    """The headline of the logged training curves plus DRO's summary (empty for other
+    losses)."""
+    return {**headline(result.history), **result.dro_summary}
+
+
+def train_metrics(
+    result: TrainResult, train_dataset: datasets.Dataset, eval_dataset: datasets.Dataset | None
+) -> dict[str, Any]:
+    """The ``train`` stage's metrics: pair counts, optimizer steps, training time (s) and
+    :func:`curve_metrics`."""
+    return {
+        "train_pairs": len(train_dataset),
+        "validation_pairs": 0 if eval_dataset is None else len(eval_dataset),
+        "optimizer_steps": result.steps,
+        "train_seconds": round(result.seconds, 2),
+        **curve_metrics(result),
+    }

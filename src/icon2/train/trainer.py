@@ -9,11 +9,8 @@ losses are plain DPO and comparable across variants.
 * ``spa`` needs full policy and reference *logits* (the extrapolated model mixes logits), so it
   runs the models' ordinary forward rather than TRL's fused head, and costs one ``[2B, T, V]``
   logits tensor per model.
-* ``dro`` needs each batch pair's row of the worst-case solution. A ``pair_index`` column is
-  added to the raw dataset before TRL tokenises it (``map``/``filter`` keep extra columns, and
-  the filter that drops over-long prompts would shift positional indices), is kept by TRL's
-  column pruning via ``_set_signature_columns_if_needed`` and is stacked into the batch by a
-  wrapper around TRL's own collator.
+* ``dro`` needs each batch pair's row of the worst-case solution (:mod:`icon2.train.batches`
+  carries the ``pair_index`` through TRL; :mod:`icon2.train.dro_state` holds the rows).
 """
 
 from __future__ import annotations
@@ -21,8 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -30,115 +26,40 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 from torch.utils.data import DataLoader
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.dpo_config import DPOConfig
 from trl.trainer.dpo_trainer import DPOTrainer
 
+from icon2.train.batches import (
+    PAIR_INDEX,
+    Batch,
+    PairIndexCollator,
+    fused_logps,
+    model_kwargs,
+    with_pair_index,
+    without_pair_index,
+)
+from icon2.train.callbacks import StepTimer, StepTiming
 from icon2.train.distributed import (
     GlobalConfidenceWindow,
     gather_confidences,
     rank_shard,
     solve_on_main,
 )
-from icon2.train.dro import (
-    WorstCase,
-    dro_pair_losses,
-    pair_weights,
-    solve_in_groups,
-    tangent_pieces,
-)
+from icon2.train.dro import WorstCase, solve_in_groups, tangent_pieces
+from icon2.train.dro_state import DROState
 from icon2.train.losses import (
     dpo_margin,
+    dro_pair_losses,
     extrapolated_logps,
     sequence_logps,
     spa_loss,
 )
 
-if TYPE_CHECKING:  # training.py imports this module; the params are only needed for typing
+if TYPE_CHECKING:  # the params are only needed for typing
     from icon2.core.params import DROParams, SPAParams
 
 Variant = Literal["dpo", "spa", "dro"]
-PAIR_INDEX = "pair_index"
-# Batch keys that are not model inputs (TRL's own list plus the pair index).
-_NON_MODEL_KEYS = frozenset(
-    {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", PAIR_INDEX}
-)
-
-Batch = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class PairIndexCollator:
-    """Wraps a preference collator and adds the examples' ``pair_index`` as a ``[B]`` tensor."""
-
-    inner: Callable[[list[Batch]], Batch]
-
-    def __call__(self, examples: list[Batch]) -> Batch:
-        """Collates with ``inner``; rows ``i`` and ``B + i`` of the batch are pair ``i``."""
-        batch = self.inner(examples)
-        if examples and PAIR_INDEX in examples[0]:
-            batch[PAIR_INDEX] = torch.tensor([int(e[PAIR_INDEX]) for e in examples])
-        return batch
-
-
-def _sync() -> None:
-    # CUDA kernels run asynchronously; without a sync a wall-clock step time is meaningless.
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-@dataclass
-class StepTiming:
-    """Accumulated wall time of optimizer steps (forward, backward, optimizer, DRO solves)."""
-
-    steps: int = 0
-    seconds: float = 0.0
-
-
-class _StepTimer(TrainerCallback):
-    def __init__(self, timing: StepTiming) -> None:
-        self.timing = timing
-        self._start: float | None = None
-
-    def on_step_begin(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
-        _sync()
-        self._start = time.perf_counter()
-
-    def on_step_end(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
-        if self._start is not None:
-            _sync()
-            self.timing.seconds += time.perf_counter() - self._start
-            self.timing.steps += 1
-            self._start = None
-
-
-class EvaluateAtEnd(TrainerCallback):
-    """Requests one evaluation after the last optimizer step (``train.eval_steps = None``)."""
-
-    def on_step_end(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
-        if state.global_step >= state.max_steps:
-            control.should_evaluate = True
-
-
-def _model_kwargs(inputs: Batch) -> Batch:
-    return {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS} | {"use_cache": False}
-
-
-def _fused_logps(model: Any, inputs: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed completion log-probs ``(chosen [B], rejected [B])`` via TRL's fused LM head."""
-    completion_mask = inputs["completion_mask"]
-    labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-    out = model(**_model_kwargs(inputs), labels=labels, fused_lm_head=True)
-    logps = out.log_probs[:, -(completion_mask.size(1) - 1) :].sum(dim=1).float()
-    chosen, rejected = logps.chunk(2, dim=0)
-    return chosen, rejected
 
 
 class Icon2DPOTrainer(DPOTrainer):
@@ -151,13 +72,7 @@ class Icon2DPOTrainer(DPOTrainer):
     Attributes:
         variant: The loss variant.
         step_timing: Total wall time and count of optimizer steps run by ``train``.
-        dro_solve_seconds: Total time spent in the LP solves.
-        dro_xi_seconds: Total time of the no-grad passes computing ξ for all training pairs.
-        dro_solves: Number of solves so far.
-        dro_alpha, dro_q: ``[max pair_index + 1, K]`` solution rows by pair index (None before
-            the first solve); pairs absent from the training set keep plain-DPO rows.
-        dro_xi: ``[max pair_index + 1]`` ξ used by the last solve (NaN for absent pairs).
-        dro_solution: The last :class:`~icon2.dro.WorstCase`, rows in ascending pair index.
+        dro: The worst case between solves and the solves' bookkeeping.
     """
 
     args: DPOConfig  # DPOTrainer always holds a DPOConfig; narrowed for the type checker
@@ -182,7 +97,7 @@ class Icon2DPOTrainer(DPOTrainer):
                 "loss 'spa' needs reference logits; set precompute_ref_log_probs=False"
             )
         if variant == "dro":
-            kwargs["train_dataset"] = _with_pair_index(kwargs.get("train_dataset"))
+            kwargs["train_dataset"] = with_pair_index(kwargs.get("train_dataset"))
         super().__init__(**kwargs)
         if variant != "dpo":
             self._check_plain_sigmoid(variant)
@@ -195,18 +110,8 @@ class Icon2DPOTrainer(DPOTrainer):
         self._window = GlobalConfidenceWindow(size=spa.window, k_percent=spa.k_percent)
         self._pieces = tangent_pieces(dro.pieces, t_min=dro.t_min)
         self.step_timing = StepTiming()
-        self.add_callback(_StepTimer(self.step_timing))
-        self.dro_alpha: np.ndarray[Any, np.dtype[np.float64]] | None = None
-        self.dro_q: np.ndarray[Any, np.dtype[np.float64]] | None = None
-        self.dro_xi: np.ndarray[Any, np.dtype[np.float64]] | None = None
-        self.dro_solution: WorstCase | None = None
-        self.dro_solve_seconds = 0.0
-        self.dro_xi_seconds = 0.0
-        self.dro_solves = 0
-        self.dro_weights: np.ndarray[Any, np.dtype[np.float64]] | None = None
-        self.dro_weight_confusion_corr: float | None = None
-        self.dro_informative = False
-        self._dro_solved_step: int | None = None
+        self.add_callback(StepTimer(self.step_timing))
+        self.dro = DROState(pieces=self._pieces.a.size)
         if variant == "dro":
             self.data_collator = PairIndexCollator(self.data_collator)
 
@@ -270,9 +175,8 @@ class Icon2DPOTrainer(DPOTrainer):
     ) -> Any:
         """Training loss of the variant; TRL's DPO loss for ``dpo`` and for evaluation."""
         if self.variant == "dpo" or not self._policy.training or return_outputs:
-            plain = {k: v for k, v in inputs.items() if k != PAIR_INDEX}
             return super().compute_loss(  # type: ignore[no-untyped-call]
-                model, plain, return_outputs, num_items_in_batch
+                model, without_pair_index(inputs), return_outputs, num_items_in_batch
             )
         if self.variant == "spa":
             return self._spa_step_loss(model, inputs)
@@ -283,7 +187,7 @@ class Icon2DPOTrainer(DPOTrainer):
     def _spa_step_loss(self, model: Any, inputs: Batch) -> torch.Tensor:
         labels = inputs["input_ids"][:, 1:]
         mask = inputs["completion_mask"][:, 1:]
-        kwargs = _model_kwargs(inputs)
+        kwargs = model_kwargs(inputs)
         # Ordinary forwards (not TRL's fused head): extrapolation mixes whole logit vectors.
         pol_logits = model(**kwargs).logits[:, :-1]
         ref_model: Any = self.ref_model  # not None: checked in __init__
@@ -315,25 +219,17 @@ class Icon2DPOTrainer(DPOTrainer):
         if PAIR_INDEX not in inputs:
             raise ValueError(f"loss 'dro' needs the {PAIR_INDEX!r} column in training batches")
         self._maybe_resolve_dro()
-        pol_w, pol_l = _fused_logps(model, inputs)
+        pol_w, pol_l = fused_logps(model, inputs)
         ref_w, ref_l = self._reference_logps(inputs)
         delta = dpo_margin(pol_w, pol_l, ref_w, ref_l, self.beta)
-        rows = inputs[PAIR_INDEX].cpu().numpy()
-        if self.dro_alpha is None or self.dro_q is None:  # warm-up: plain DPO rows
-            k = self._pieces.a.size
-            alpha = torch.zeros(len(rows), k)
-            alpha[:, 0] = 1.0
-            q = torch.zeros(len(rows), k)
-        else:
-            alpha = torch.from_numpy(self.dro_alpha[rows])
-            q = torch.from_numpy(self.dro_q[rows])
+        alpha, q = self.dro.rows(inputs[PAIR_INDEX].cpu().numpy())  # plain DPO in the warm-up
         losses = dro_pair_losses(delta, alpha, q, support_min=self.dro_params.support_min)
         gather = self.accelerator.gather_for_metrics
         self._log_train_metrics(
             {
                 # Σ_k q_ik is the transport pair i receives (its mean over all pairs is <= ε).
                 "dro/mean_shift": gather(q.sum(dim=1).to(delta.device)).mean().item(),
-                "dro/solve_seconds": self.dro_solve_seconds,
+                "dro/solve_seconds": self.dro.solve_seconds,
                 "dro/weighted_loss": gather(losses.detach()).mean().item(),
                 "dro/plain_loss": gather(-F.logsigmoid(delta.detach())).mean().item(),
             }
@@ -346,27 +242,19 @@ class Icon2DPOTrainer(DPOTrainer):
             return inputs["ref_chosen_logps"].float(), inputs["ref_rejected_logps"].float()
         # TRL's own reference path (no grad, PEFT adapter switching); it forwards every
         # non-TRL key to the model, hence the pair index is dropped first.
-        plain = {k: v for k, v in inputs.items() if k != PAIR_INDEX}
         ref = self.ref_model if self.ref_model is not None else self.model
-        chosen, rejected = self.compute_ref_log_probs(ref, plain)  # type: ignore[no-untyped-call]
+        chosen, rejected = self.compute_ref_log_probs(  # type: ignore[no-untyped-call]
+            ref, without_pair_index(inputs)
+        )
         return chosen.float(), rejected.float()
 
     def _maybe_resolve_dro(self) -> None:
         # Called in every micro-batch; global_step only moves after an optimizer step, so with
         # gradient accumulation the solve still happens once per resolve_every optimizer steps.
-        step, every = self.state.global_step, self.dro_params.resolve_every
-        if step < self.dro_warmup_steps:
-            return  # still warming up with plain DPO (see DROParams.warmup_fraction)
-        if self._dro_solved_step is not None and (
-            every == 0 or step - self._dro_solved_step < every
-        ):
-            return
-        self.resolve_dro()
-        # A solve on ξ that are all equal is the symmetric (uniform) worst case: harmless, but
-        # it says nothing about which pairs are confusing, so it is tried again next step.
-        xi = self.dro_xi[~np.isnan(self.dro_xi)] if self.dro_xi is not None else np.zeros(1)
-        self.dro_informative = np.unique(np.round(xi, 6)).size > 1
-        self._dro_solved_step = step if self.dro_informative else None
+        # The warm-up is plain DPO (see DROParams.warmup_fraction).
+        step = self.state.global_step
+        if self.dro.due(step, self.dro_warmup_steps, self.dro_params.resolve_every):
+            self.resolve_dro()
 
     def resolve_dro(self) -> WorstCase:
         """Recomputes ξ_i = σ(Δ_i) for every training pair and re-solves the worst-case LP.
@@ -385,18 +273,14 @@ class Icon2DPOTrainer(DPOTrainer):
             )
         )
         done = time.perf_counter()
-        size, k = int(index.max()) + 1, self._pieces.a.size
-        alpha, q = np.zeros((size, k)), np.zeros((size, k))
-        alpha[:, 0] = 1.0  # plain-DPO rows for indices that never reach a batch
-        alpha[index], q[index] = sol.alpha, sol.q
-        full_xi = np.full(size, np.nan)
-        full_xi[index] = xi
-        self.dro_alpha, self.dro_q, self.dro_xi, self.dro_solution = alpha, q, full_xi, sol
-        self.dro_weights = pair_weights(xi, sol)
-        self.dro_weight_confusion_corr = _correlation(self.dro_weights, 1.0 - xi)
-        self.dro_xi_seconds += solved_from - start
-        self.dro_solve_seconds += done - solved_from
-        self.dro_solves += 1
+        self.dro.record(
+            self.state.global_step,
+            index,
+            xi,
+            sol,
+            xi_seconds=solved_from - start,
+            solve_seconds=done - solved_from,
+        )
         return sol
 
     def _training_confidences(
@@ -422,7 +306,7 @@ class Icon2DPOTrainer(DPOTrainer):
             with torch.no_grad(), self._no_checkpointing(), self.accelerator.autocast():
                 for raw in loader:
                     batch = self._prepare_inputs(raw)
-                    pol_w, pol_l = _fused_logps(policy, batch)
+                    pol_w, pol_l = fused_logps(policy, batch)
                     ref_w, ref_l = self._reference_logps(batch)
                     delta = dpo_margin(pol_w, pol_l, ref_w, ref_l, self.beta)
                     confidences.append(torch.sigmoid(delta.double()).cpu())
@@ -461,19 +345,3 @@ class Icon2DPOTrainer(DPOTrainer):
                 "logps/rejected": gather(pol_l.detach()).mean().item(),
             }
         )
-
-
-def _with_pair_index(dataset: Any) -> Dataset:
-    """``dataset`` with a ``pair_index`` column (its row numbers unless one is already there)."""
-    if not isinstance(dataset, Dataset):
-        raise TypeError(f"loss 'dro' needs a map-style datasets.Dataset, got {type(dataset)}")
-    if PAIR_INDEX in dataset.column_names:
-        return dataset
-    return dataset.add_column(PAIR_INDEX, list(range(len(dataset))))
-
-
-def _correlation(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> float | None:
-    """Pearson correlation; None when either side has no spread (it is undefined)."""
-    if a.size < 2 or float(np.std(a)) == 0.0 or float(np.std(b)) == 0.0:
-        return None
-    return float(np.corrcoef(a, b)[0, 1])
