@@ -43,7 +43,8 @@ def main(
     write_json(metrics, result.metrics)
     write_cost(cost, [result.meter])
     m = result.metrics
-    typer.echo(f"synthesize: {m['raw']} raw -> {m['kept']} kept -> {out}")
+    also = f", other drops {result.dropped}" if result.dropped else ""
+    typer.echo(f"synthesize: {m['raw']} raw -> {m['kept']} kept ({m['truncated']} truncated{also})")
 
 
 if __name__ == "__main__":

@@ -65,7 +65,8 @@ def test_make_instructions_samples_cleans_and_meters(
     assert sampling.seed == 5 and sampling.max_new_tokens == 11
     assert out.kept["instruction"].to_list() == TEXTS[:2]  # "Hi" too short, the last truncated
     assert out.metrics["raw"] == 4 and out.metrics["kept"] == 2
-    assert out.metrics["too_short"] == 1 and out.metrics["truncated"] == 1
+    assert out.dropped == {"too_short": 1} and out.metrics["truncated"] == 1
+    assert set(out.metrics) == {"raw", "kept", "truncated", "distinct_2", "mean_words"}
     assert 0.0 < out.metrics["distinct_2"] <= 1.0 and out.metrics["mean_words"] == 5.0
     rec = out.meter.record()
     assert (rec.stage, rec.method, rec.category) == ("synthesize", "shared", "response generation")
@@ -88,7 +89,7 @@ def test_make_instructions_from_a_file_generates_nothing(
         target=tmp_path / "i.parquet",
     )
     assert out.template is None and out.kept["instruction"].to_list() == ["Name three rivers."]
-    assert out.metrics["duplicate"] == 1 and out.meter.record().tokens_generated == 0
+    assert out.dropped == {"duplicate": 1} and out.meter.record().tokens_generated == 0
 
 
 def test_make_instructions_that_drop_everything_name_the_rules(

@@ -147,8 +147,6 @@ HEADLINE = (
     "tie_rate",
     "loss_rate",
     "lc_win_rate",
-    "mean_len_first",
-    "mean_len_second",
 )
 
 

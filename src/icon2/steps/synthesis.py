@@ -79,9 +79,14 @@ class Synthesized:
     """The ``synthesize`` stage's results."""
 
     kept: pl.DataFrame  # the cleaned instructions (``INSTRUCTION_SCHEMA``)
-    metrics: dict[str, Any]  # clean's counts, distinct_2 and mean_words of the kept texts
+    metrics: dict[str, Any]  # raw, kept, truncated, distinct_2 and mean_words of the kept
     template: str | None  # the pre-query template sampled from (None: read from a file)
     meter: Meter  # response generation, shared by every method (A8)
+    dropped: dict[str, int]  # the other cleaning rules' non-zero drop counts
+
+
+# The cleaning counts in the stage's metrics (the rest are printed, and are rarely non-zero).
+HEADLINE_COUNTS = ("raw", "kept", "truncated")
 
 
 def make_instructions(
@@ -142,8 +147,9 @@ def make_instructions(
         )
     texts = kept["instruction"].to_list()
     metrics = {
-        **counts,
+        **{k: counts[k] for k in HEADLINE_COUNTS},
         "distinct_2": distinct_n(texts, 2),
         "mean_words": length_stats(texts)["mean_words"],
     }
-    return Synthesized(kept, metrics, template, meter)
+    dropped = {k: v for k, v in counts.items() if k not in HEADLINE_COUNTS and v}
+    return Synthesized(kept, metrics, template, meter, dropped)

@@ -126,7 +126,7 @@ class SPALoopParams(_Section):
     prompts: str = "data/filter/kept.parquet"  # train split of the filter stage, or a file
     prompts_per_iteration: int = Field(8, ge=1)
     temperature: float = Field(0.7, gt=0.0)
-    max_new_tokens: int = Field(96, ge=1)
+    max_new_tokens: int = Field(256, ge=1)
     batch_size: int = Field(16, ge=1)
     beta: float = Field(0.1, gt=0.0)
     length_penalty: float = Field(0.0, ge=0.0)  # a in r(y) − a·|y|
