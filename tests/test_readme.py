@@ -15,9 +15,12 @@ def _quick_start_commands() -> list[str]:
     ]
 
 
-def test_quick_start_has_exactly_two_commands_and_ci_runs_the_test_one() -> None:
-    commands = _quick_start_commands()
-    assert len(commands) == 2
-    assert commands[0].endswith("dvc repro")
-    assert commands[1].endswith("python -m pytest")
-    assert commands[1] in (REPO / ".ci" / "run").read_text()
+def test_quick_start_commands_and_ci_runs_the_test_ones() -> None:
+    run, tests, engine_tests = _quick_start_commands()  # exactly three
+    assert run.endswith("dvc repro")
+    assert tests.endswith("python -m pytest")
+    assert "'.[dev,vllm]'" in engine_tests and engine_tests.endswith(
+        "python -m pytest tests/engines"
+    )
+    ci = (REPO / ".ci" / "run").read_text()
+    assert tests in ci and engine_tests in ci
