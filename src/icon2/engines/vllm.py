@@ -81,6 +81,7 @@ class VLLMBackend:
         self.arch = str((config.get("architectures") or ["?"])[0])
         _engine_environment(settings)
         from vllm import LLM
+        from vllm.platforms import current_platform
 
         self.llm = LLM(
             model=str(model_dir),
@@ -91,6 +92,10 @@ class VLLMBackend:
             gpu_memory_utilization=settings.gpu_memory_utilization,
             enforce_eager=settings.enforce_eager,
             enable_prefix_caching=True,
+            # A prompt prefilled in chunks has its first sample discarded, and vLLM then
+            # rewinds the request's seeded generator, which CPU generators cannot do
+            # ("CPU Generator does not use offset"): on CPU, prompts are prefilled whole.
+            enable_chunked_prefill=not current_platform.is_cpu(),
             skip_tokenizer_init=True,  # ids in, ids out: the stage's tokenizer does both ends
             worker_extension_cls="icon2.engines.vllm_steering.SteeringWorker",
         )

@@ -6,7 +6,10 @@ over the controlled layers, per criterion:
 
 * **Cosine similarity** of u^l_c from set A and set B at each controlled layer l, reported
   as mean / max / min over the layers. Directions are sign-fixed (A1), so the raw cosine
-  is used, not its absolute value: a flipped direction is a real difference.
+  is used, not its absolute value: a flipped direction is a real difference. Next to it,
+  the minimum |cosine| and the number of flipped (cos < 0) layers tell a changed axis from
+  a flipped sign: the sign rule (mean v · u > 0) is decided by the mean contrast along the
+  axis, which can be small next to its spread even when the axis itself is stable.
 * **Mann–Whitney U per dimension.** For each hidden dimension k, the values u^l_c[k] over
   the controlled layers form one sample per set; a two-sided U test asks whether the two
   samples come from the same distribution. The headline is the minimum p-value over the
@@ -46,6 +49,8 @@ SUMMARY_SCHEMA: dict[str, pl.DataType] = {
     "cosine_mean": pl.Float64(),
     "cosine_max": pl.Float64(),
     "cosine_min": pl.Float64(),
+    "abs_cosine_min": pl.Float64(),
+    "flipped_layers": pl.Int64(),
     "mw_min_p": pl.Float64(),
     "mw_min_p_bonferroni": pl.Float64(),
     "mw_argmin_dim": pl.Int64(),
@@ -136,6 +141,8 @@ def compare_directions(
                 "cosine_mean": float(np.mean(cos)),
                 "cosine_max": float(np.max(cos)),
                 "cosine_min": float(np.min(cos)),
+                "abs_cosine_min": float(np.min(np.abs(cos))),
+                "flipped_layers": int(np.sum(np.asarray(cos) < 0)),
                 "mw_min_p": p_min,
                 "mw_min_p_bonferroni": min(1.0, p_min * p.size),
                 "mw_argmin_dim": dim,
@@ -166,10 +173,10 @@ def feature_set_sensitivity(
         sources: source name → its feature instructions.
 
     Returns:
-        (metrics: ``reference_features`` and, per source, features, cosine_mean, cosine_min
-        and mw_min_p — the headline over criteria; the plot table: ``LAYER_SCHEMA`` columns
-        criterion, layer, cosine plus source and series = "source:criterion", empty when
-        there is no source).
+        (metrics: ``reference_features`` and, per source, features, cosine_mean, cosine_min,
+        abs_cosine_min, flipped_layers and mw_min_p — the headline over criteria; the plot
+        table: ``LAYER_SCHEMA`` columns criterion, layer, cosine plus source and series =
+        "source:criterion", empty when there is no source).
     """
     rows = [reference.layers.index(x) for x in layers]
     ref = {c: d.direction[rows] for c, d in reference.criteria.items()}
@@ -195,6 +202,8 @@ def feature_set_sensitivity(
             "features": len(instructions),
             "cosine_mean": float(summary["cosine_mean"].mean()),  # type: ignore[arg-type]
             "cosine_min": float(summary["cosine_min"].min()),  # type: ignore[arg-type]
+            "abs_cosine_min": float(summary["abs_cosine_min"].min()),  # type: ignore[arg-type]
+            "flipped_layers": int(summary["flipped_layers"].sum()),
             "mw_min_p": float(summary["mw_min_p"].min()),  # type: ignore[arg-type]
         }
     if not frames:
@@ -209,7 +218,9 @@ def sensitivity_lines(metrics: Mapping[str, Any], layers: Sequence[int]) -> list
     """One report line per source of :func:`feature_set_sensitivity`' metrics."""
     return [
         f"sensitivity {name} ({m['features']} features, layers {layers[0]}..{layers[-1]}):"
-        f" cosine mean {m['cosine_mean']:.4f}, min {m['cosine_min']:.4f};"
+        f" cosine mean {m['cosine_mean']:.4f}, min {m['cosine_min']:.4f}"
+        f" (|cosine| min {m['abs_cosine_min']:.4f}, {m['flipped_layers']} flipped"
+        " criterion-layers);"
         f" Mann-Whitney min p {m['mw_min_p']:.3g}"
         for name, m in metrics.items()
         if name != "reference_features"

