@@ -20,7 +20,7 @@ def test_quick_start_commands_and_ci_runs_the_test_ones() -> None:
     assert run.endswith("dvc repro")
     assert tests.endswith("python -m pytest")
     assert "'.[dev,vllm]'" in engine_tests and engine_tests.endswith(
-        "python -m pytest tests/engines"
+        "python -m pytest tests/engines tests/train/test_trainer.py"
     )
     ci = (REPO / ".ci" / "run").read_text()
     assert tests in ci and engine_tests in ci
