@@ -10,7 +10,8 @@ so a change in the machine's load hits both alike. Every row generates exactly
 ``--new-tokens`` (``ignore_eos``), so equal work is compared. Needs the ``model`` stage's
 output and ``directions.safetensors`` (``dvc repro directions``), or ``--random-direction``
 (a seeded unit vector per layer, scaled like a γ = 1 contrastive step: the cost is the same).
-Needs the vLLM extra (README, "Generation engine").
+``--mixed`` steers with 8 vector sets (4 criteria × ±γ) as the ``pairs`` stage does; vLLM
+runs them in one continuous batch. Needs the vLLM extra (README, "Generation engine").
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def main(
     gamma: float = 0.5,
     repeats: int = 1,
     random_direction: bool = False,
+    mixed: Annotated[
+        bool, typer.Option(help="Steer with 8 vector sets, as `pairs` does (4 criteria × ±γ).")
+    ] = False,
 ) -> None:
     t0 = time.perf_counter()
     model, tok, card = load_local(model_dir, dtype=dtype)
@@ -69,9 +73,10 @@ def main(
         vecs = {layer: (gamma * 6.0 * unit).expand(prompts, -1) for layer in layers}
     else:
         dfile = direction_file.load_directions(directions)
-        vecs = steering_vectors(
-            dfile, ["general"] * prompts, [gamma] * prompts, layers, "contrastive_norm"
-        )
+        names = sorted(dfile.criteria) if mixed else ["general"]
+        crit = [names[i % len(names)] for i in range(prompts)]
+        signs = [1.0 if not mixed or (i // len(names)) % 2 == 0 else -1.0 for i in range(prompts)]
+        vecs = steering_vectors(dfile, crit, [gamma * s for s in signs], layers, "contrastive_norm")
     t0 = time.perf_counter()
     engines: dict[str, Backend] = {
         "hf": HFBackend(model, tok, stop_ids=stops, batch_size=hf_batch_size),
@@ -109,6 +114,7 @@ def main(
             "vllm_steered_over_unsteered": round(best["vllm", True] / best["vllm", False], 3),
             "vllm_over_hf_tokens_per_s_steered": round(best["hf", True] / best["vllm", True], 3),
             "threads": torch.get_num_threads(),
+            "vector_sets": 8 if mixed and not random_direction else 1,
         }
     )
 

@@ -85,6 +85,47 @@ def test_steered_mixed_signs_and_criteria_equal_hf(engines: Any, prompts: list[s
     assert _agree(steered, plain) <= 0.5  # the vectors do change the output
 
 
+def test_mixed_vectors_share_one_continuous_batch(
+    engines: Any, prompts: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four vector sets (2 criteria × 2 signs) go to the engine as one call."""
+    vllm, _ = engines
+    n = len(prompts)
+    vectors = _vectors(
+        n, 64, [1.0 if i % 2 == 0 else -1.0 for i in range(n)], [i % 2 for i in range(n)]
+    )
+    calls: list[int] = []
+    real = vllm.llm.generate
+
+    def counted(requests: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(len(requests))
+        return real(requests, *args, **kwargs)
+
+    monkeypatch.setattr(vllm.llm, "generate", counted)
+    vllm.generate(prompts, GREEDY, vectors=vectors)
+    assert calls == [n]
+
+
+def test_more_vector_sets_than_one_table_holds_equal_hf(engines: Any, prompts: list[str]) -> None:
+    """A distinct vector per row, more rows than a table has groups: split into calls,
+    still HF's output row by row (and unsteered rows mixed in stay unsteered)."""
+    from icon2.engines.vllm_steering import GROUPS
+
+    vllm, hf = engines
+    n = GROUPS + 6
+    many = (prompts * (n // len(prompts) + 1))[:n]
+    g = torch.Generator().manual_seed(1)
+    unit = torch.nn.functional.normalize(torch.randn(64, generator=g), dim=0)
+    scale = torch.linspace(-1.0, 1.0, n)
+    scale[::7] = 0.0  # some rows unsteered
+    vectors = {2: 2.0 * scale[:, None] * unit, 3: 3.0 * scale[:, None] * unit}
+    s = Sampling(max_new_tokens=8)
+    assert (
+        _agree(vllm.generate(many, s, vectors=vectors), hf.generate(many, s, vectors=vectors))
+        >= 0.9
+    )
+
+
 def test_no_leak_into_the_next_call(engines: Any, prompts: list[str]) -> None:
     vllm, _ = engines
     n = len(prompts)

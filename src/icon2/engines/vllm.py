@@ -1,11 +1,13 @@
 """vLLM generation behind ``Backend``, steering included (``base.engine: vllm``).
 
 Steering lives inside vLLM's compiled graph (``vllm_steering``): each decoder layer of
-the supported architectures carries a vector buffer added to its output. A call whose
-rows carry different vectors (criteria × signs) runs one ``LLM.generate`` per distinct
-set of row vectors, with the buffers set in place before it and zeroed after it (also on
-error), so nothing leaks into the next call. Prefix caching stays on, salted per vector
-set: KV blocks computed under one vector are never reused under another.
+the supported architectures carries a table of vectors, one row per steering group, and
+each request names its group. A call whose rows carry different vectors (criteria ×
+signs) runs as one ``LLM.generate`` — one continuous batch — for up to ``GROUPS − 1``
+distinct sets of row vectors (more are split into several calls), with the tables set in
+place before it and zeroed after it (also on error), so nothing leaks into the next call.
+Prefix caching stays on, salted per vector set: KV blocks computed under one vector are
+never reused under another.
 
 Prompts go in as token ids from the stage's tokenizer and come back as ids decoded by it;
 stops, ``ignore_eos`` and seeds follow ``HFBackend``, so both engines see the same tokens
@@ -28,7 +30,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from icon2.core.errors import ModelError
 from icon2.core.params import VLLMParams
 from icon2.engines.base import Generation, Sampling
-from icon2.engines.vllm_steering import ENV_FLAG, SUPPORTED
+from icon2.engines.vllm_steering import ENV_FLAG, EXTRA_KEY, GROUPS, SUPPORTED
 
 INSTALL = "pip install -e '.[vllm]' && pip uninstall -y torchvision torchaudio torchcodec"
 RowGroup = tuple[list[int], dict[int, list[float]]]
@@ -119,19 +121,25 @@ class VLLMBackend:
 
         groups = self._groups(len(prompts), vectors)  # checks everything before generating
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        params = [SamplingParams(**self._kwargs(sampling, i)) for i in range(len(prompts))]
         out: list[Generation | None] = [None] * len(prompts)
-        for rows, layer_vectors in groups:
-            salt = {"cache_salt": _salt(layer_vectors)} if layer_vectors else {}
-            requests: list[Any] = [{"prompt_token_ids": ids[i], **salt} for i in rows]
+        for start in range(0, len(groups), GROUPS - 1):
+            chunk = groups[start : start + GROUPS - 1]
+            # Group 0 is the unsteered one; steered sets get 1, 2, ... in this call.
+            table = {g: vecs for g, (_, vecs) in enumerate(chunk, start=1) if vecs}
+            rows, requests, params = [], [], []
+            for g, (members, vecs) in enumerate(chunk, start=1):
+                salt = {"cache_salt": _salt(vecs)} if vecs else {}
+                extra = {EXTRA_KEY: g} if vecs else {}
+                for i in members:
+                    rows.append(i)
+                    requests.append({"prompt_token_ids": ids[i], **salt})
+                    params.append(SamplingParams(**self._kwargs(sampling, i), extra_args=extra))
             try:
-                if layer_vectors:
-                    self._set(layer_vectors)
-                results = self.llm.generate(
-                    requests, [params[i] for i in rows], use_tqdm=desc is not None
-                )
+                if table:
+                    self._set(table)
+                results = self.llm.generate(requests, params, use_tqdm=desc is not None)
             finally:
-                if layer_vectors:
+                if table:
                     self._set({})
             for i, result in zip(rows, results, strict=True):
                 out[i] = self._decode(list(result.outputs[0].token_ids))
@@ -166,8 +174,10 @@ class VLLMBackend:
             groups[key][0].append(i)
         return list(groups.values())
 
-    def _set(self, layer_vectors: Mapping[int, list[float]]) -> None:
-        self.llm.collective_rpc("icon2_set_steering", args=(dict(layer_vectors),))
+    def _set(self, table: Mapping[int, Mapping[int, list[float]]]) -> None:
+        """Group → layer → vector into every worker's tables (``{}`` zeroes them)."""
+        groups = {g: dict(v) for g, v in table.items()}
+        self.llm.collective_rpc("icon2_set_steering", args=(groups,))
 
     def _kwargs(self, s: Sampling, i: int) -> dict[str, Any]:
         kw: dict[str, Any] = {
@@ -217,5 +227,9 @@ def _engine_environment(s: VLLMParams) -> None:
     if Path(root).name != "icon2-steering":
         os.environ["VLLM_CACHE_ROOT"] = str(Path(root) / "icon2-steering")
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(s.cpu_kv_cache_gib)
+    # Per-request steering groups are written by a wrapper around the V1 model runner's
+    # input preparation (vllm_steering.track_groups), the runner vLLM uses on CPU; on GPUs
+    # with Triton vLLM 0.32 would pick its V2 runner, which has no such method.
+    os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
     # WARNING would print one line per weight cast from the saved dtype (hundreds).
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
