@@ -124,6 +124,8 @@ def test_train_stage_rejects_a_bad_config_in_one_line(
 
 
 TRAIN = {
+    # fp32, as CPU_DDP (mixed_precision: no): one process and two agree to float reordering.
+    "precision": "fp32",
     "max_steps": 4,
     "learning_rate": 1e-3,
     "lr_scheduler_type": "constant",
