@@ -1,4 +1,5 @@
-"""The real dvc.yaml, run by DVC on a tiny model: wiring, outputs, and what a γ change reruns."""
+"""The real dvc.yaml and spa/dvc.yaml, run by DVC on a tiny model: wiring, outputs, and what
+a γ change reruns."""
 
 from __future__ import annotations
 
@@ -36,8 +37,11 @@ def _dvc(cwd: Path, *args: str) -> str:
     return done.stdout
 
 
+# How `dvc status` names a stage of spa/dvc.yaml.
+SPA1 = "spa/dvc.yaml:spa@1"
+
 # What a pipeline run reads from the repository (besides params.yaml and data files).
-PIPELINE = ("dvc.yaml", "stages", "src", "configs")
+PIPELINE = ("dvc.yaml", "spa", "stages", "src", "configs")
 
 
 def copy_pipeline(root: Path, *extra: str) -> None:
@@ -84,7 +88,21 @@ def project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> P
     )
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _dvc(root, "init", "--no-scm", "-q")
-    _dvc(root, "repro")
+    ran, _ = _ran_and_skipped(_dvc(root, "repro"))
+    # The default `dvc repro` is the ICON² job; SPA is its own pipeline on top of it.
+    assert ran == {
+        "model",
+        "directions",
+        "synthesize",
+        "score",
+        "filter",
+        "pairs",
+        "train",
+        "evaluate",
+    }, ran
+    assert not (root / "data/spa").exists()
+    ran, _ = _ran_and_skipped(_dvc(root, "repro", "spa/dvc.yaml"))
+    assert ran == {SPA1}, ran
     return root
 
 
@@ -121,8 +139,12 @@ def test_gamma_change_reruns_only_pairs_and_downstream(project: Path) -> None:
     assert set(json.loads(_dvc(project, "status", "--json"))) == {"pairs"}
     ran, skipped = _ran_and_skipped(_dvc(project, "repro"))
     assert "pairs" in ran
-    assert ran <= {"pairs", "train", "evaluate", "spa@1"}
+    assert ran <= {"pairs", "train", "evaluate"}
     assert {"model", "directions", "synthesize", "score", "filter"} <= skipped
+    # SPA's first iteration starts from the retrained checkpoint: now out of date.
+    assert SPA1 in set(json.loads(_dvc(project, "status", "--json")))
+    ran, skipped = _ran_and_skipped(_dvc(project, "repro", "spa/dvc.yaml"))
+    assert SPA1 in ran and "pairs" in skipped
 
 
 def test_synthesize_change_invalidates_from_synthesize(project: Path) -> None:
@@ -143,10 +165,10 @@ def test_spa_iteration_depends_only_on_its_own_keys(project: Path) -> None:
         params = yaml.safe_load(before)
         params["spa"]["iterations"]["2"] = {"previous": "data/spa/1/model", "lam": 0.25}
         path.write_text(yaml.safe_dump(params, sort_keys=False))
-        assert "spa@1" not in set(json.loads(_dvc(project, "status", "--json")))
+        assert SPA1 not in set(json.loads(_dvc(project, "status", "--json")))
         params["spa"]["iterations"]["1"]["lam"] = 0.125
         path.write_text(yaml.safe_dump(params, sort_keys=False))
-        assert "spa@1" in set(json.loads(_dvc(project, "status", "--json")))
+        assert SPA1 in set(json.loads(_dvc(project, "status", "--json")))
     finally:
         path.write_text(before)
 

@@ -1,6 +1,7 @@
 """dvc.yaml's declarations match the code: every stage depends on all the package code it
 can import, and on exactly the params it reads (icon2.core.params.STAGE_PARAMS). The same
-holds for the comparison pipeline (comparison/dvc.yaml), whose stages run from the root."""
+holds for the SPA and comparison pipelines (spa/dvc.yaml, comparison/dvc.yaml), whose stages
+run from the root."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from icon2.core.lineage import import_closure
 from icon2.core.params import STAGE_PARAMS
 from tests.conftest import REPO
 
-PIPELINES = ("dvc.yaml", "comparison/dvc.yaml")
+PIPELINES = ("dvc.yaml", "spa/dvc.yaml", "comparison/dvc.yaml")
 STAGES = {
     (f, name): spec
     for f in PIPELINES
@@ -49,13 +50,17 @@ def test_stage_params_match_the_provenance_list(key: tuple[str, str]) -> None:
     assert sorted(declared) == sorted(STAGE_PARAMS[key[1]])
 
 
-def test_comparison_paths_repeat_the_root_paths() -> None:
-    """comparison/dvc.yaml cannot read ./dvc.yaml's vars: its copies must not drift."""
+@pytest.mark.parametrize("pipeline", PIPELINES[1:])
+def test_sub_pipeline_paths_repeat_the_root_paths(pipeline: str) -> None:
+    """spa/ and comparison/dvc.yaml cannot read ./dvc.yaml's vars: their copies must not
+    drift, and their stages run from the repository root."""
     root = yaml.safe_load((REPO / "dvc.yaml").read_text())["vars"][0]["paths"]
-    comparison = yaml.safe_load((REPO / "comparison/dvc.yaml").read_text())["vars"][1]["root"]
-    assert {k: root.get(k) for k in comparison} == comparison
-    for spec in yaml.safe_load((REPO / "comparison/dvc.yaml").read_text())["stages"].values():
-        assert (spec["do"] if "foreach" in spec else spec)["wdir"] == ".."
+    spec = yaml.safe_load((REPO / pipeline).read_text())
+    assert spec["vars"][0] == "../params.yaml"
+    copies = spec["vars"][1]["root"]
+    assert {k: root.get(k) for k in copies} == copies
+    for stage in spec["stages"].values():
+        assert (stage["do"] if "foreach" in stage else stage)["wdir"] == ".."
 
 
 def test_closure_follows_lazy_imports(tmp_path: Path) -> None:

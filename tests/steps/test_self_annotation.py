@@ -51,7 +51,7 @@ def test_check_previous_names_the_iteration_key(tmp_path: Path) -> None:
         check_previous(tmp_path / "missing", "2")
     assert str(err.value) == (
         f"spa.iterations.2.previous: {tmp_path / 'missing'} does not exist; run the stage "
-        f"that writes it first (`dvc repro` runs them in order)"
+        f"that writes it first (`dvc repro spa/dvc.yaml` runs them in order)"
     )
 
 

@@ -90,7 +90,7 @@ def check_previous(previous: Path, iteration: str) -> None:
     if not previous.is_dir():
         raise ParamsError(
             f"spa.iterations.{iteration}.previous: {previous} does not exist; run the stage "
-            f"that writes it first (`dvc repro` runs them in order)"
+            f"that writes it first (`dvc repro spa/dvc.yaml` runs them in order)"
         )
 
 

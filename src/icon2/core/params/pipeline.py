@@ -182,7 +182,7 @@ class EvaluateParams(_Section):
     max_new_tokens: int = Field(128, ge=1)
     temperature: float = Field(0.0, ge=0.0)
     repetition_penalty: float = Field(1.05, gt=0.0)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(64, ge=1)
     judge: str | None = None  # local HF directory of an LLM judge; null = the starting model
     reward_model: str | None = None  # local sequence-classifier directory; overrides `judge`
     tie_margin: float = Field(0.05, ge=0.0, lt=0.5)
