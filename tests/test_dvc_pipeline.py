@@ -41,7 +41,7 @@ def _dvc(cwd: Path, *args: str) -> str:
 SPA1 = "spa/dvc.yaml:spa@1"
 
 # What a pipeline run reads from the repository (besides params.yaml and data files).
-PIPELINE = ("dvc.yaml", "spa", "stages", "src", "configs")
+PIPELINE = ("dvc.yaml", "spa/dvc.yaml", "stages", "src", "configs")
 
 
 def copy_pipeline(root: Path, *extra: str) -> None:

@@ -154,8 +154,12 @@ def test_failed_repro_is_one_documented_command_from_the_last_good_state() -> No
     or a reader needs is cached, so `dvc checkout` (documented in the README) restores the
     last good run; only summaries (metrics, plots, cost records) are `cache: false`, which
     git restores with the same checkout of the commit."""
-    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    stages = dict(spec["stages"])
+    stages = {
+        name: stage
+        for pipeline in ("dvc.yaml", "spa/dvc.yaml")
+        for name, stage in yaml.safe_load((REPO / pipeline).read_text())["stages"].items()
+    }
+    assert "spa" in stages
     uncached: list[str] = []
     for name, stage in stages.items():
         body = stage.get("do", stage)
