@@ -3,6 +3,7 @@
     python benchmarks/bench.py generation   # steered vs unsteered time, pair-generation tokens/s
     python benchmarks/bench.py scoring      # batched vs one-at-a-time consistency reads
     python benchmarks/bench.py training     # DPO steps/s, peak memory, ref precompute, DRO share
+    python benchmarks/bench.py kv-cache     # in-place KV cache vs transformers' DynamicCache
 
 Both use the ``model`` stage's output and ``directions.safetensors`` (run ``dvc repro
 directions`` first; ``training`` also needs ``data/pairs/pairs.parquet``).
@@ -86,6 +87,58 @@ def generation(
             "steered_s": round(steered, 3),
             "steered_over_unsteered": round(steered / plain, 4),
             "pair_generation_tokens_per_s": round(tokens / steered, 1),
+        }
+    )
+
+
+@app.command()
+def kv_cache(
+    model_dir: ModelDir = Path("data/model"),
+    directions: Directions = Path("data/directions/directions.safetensors"),
+    features: Features = Path("data/features.jsonl"),
+    prompts: int = 128,
+    new_tokens: int = 320,
+    dtype: str = "bfloat16",
+    rounds: int = 2,
+) -> None:
+    """The HF engine's decoding, steered as in `pairs`, with the reserved KV cache vs
+    transformers' concatenating DynamicCache: one batch of `prompts` rows, `new_tokens` each
+    (the `pairs` stage's batch and budget by default). Rounds alternate the order."""
+    model, tok, card = load_local(model_dir)
+    model.to(getattr(torch, dtype))
+    dfile = direction_file.load_directions(directions)
+    texts = [render_prompt(tok, q) for q in read_instructions(features)[:prompts]]
+    layers = middle_third(card["num_layers"])
+    vecs = steering_vectors(
+        dfile, ["general"] * len(texts), [0.1] * len(texts), layers, "contrastive_norm"
+    )
+    s = Sampling(max_new_tokens=new_tokens, ignore_eos=True, repetition_penalty=1.1)
+    stop = end_of_turn_ids(tok)
+    backends = {
+        kind: HFBackend(model, tok, stop_ids=stop, batch_size=len(texts), kv_cache=kind)
+        for kind in ("reserved", "dynamic")
+    }
+    backends["dynamic"].generate(texts[:2], Sampling(max_new_tokens=4))  # warm-up
+    best = {kind: float("inf") for kind in backends}
+    outputs: dict[str, list[str]] = {}
+    for r in range(rounds):
+        for kind in ("reserved", "dynamic") if r % 2 == 0 else ("dynamic", "reserved"):
+            t0 = time.perf_counter()
+            outputs[kind] = [g.text for g in backends[kind].generate(texts, s, vectors=vecs)]
+            best[kind] = min(best[kind], time.perf_counter() - t0)
+    tokens = len(texts) * new_tokens
+    _report(
+        {
+            "dtype": dtype,
+            "threads": torch.get_num_threads(),
+            "prompts": len(texts),
+            "new_tokens_per_prompt": new_tokens,
+            "reserved_s": round(best["reserved"], 2),
+            "dynamic_s": round(best["dynamic"], 2),
+            "reserved_tokens_per_s": round(tokens / best["reserved"], 1),
+            "dynamic_tokens_per_s": round(tokens / best["dynamic"], 1),
+            "reserved_over_dynamic_tokens_per_s": round(best["dynamic"] / best["reserved"], 3),
+            "same_text": outputs["reserved"] == outputs["dynamic"],
         }
     )
 

@@ -8,6 +8,7 @@ vectors added at every position while that batch is generated.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -15,12 +16,18 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from icon2.engines.base import Generation, Sampling
+from icon2.engines.kv_cache import cache_argument, reserved_cache
 from icon2.model.chat import end_of_turn_ids
 from icon2.model.hooks import steer, tokenize_left
 
 
 class HFBackend:
-    """transformers ``generate`` in length-sorted, left-padded batches."""
+    """transformers ``generate`` in length-sorted, left-padded batches.
+
+    ``kv_cache="reserved"`` (the default) hands ``generate`` a cache that reserves room for
+    the answer and writes each token in place (:mod:`icon2.engines.kv_cache`); ``"dynamic"``
+    leaves transformers' concatenating ``DynamicCache``. Both generate the same tokens.
+    """
 
     def __init__(
         self,
@@ -29,11 +36,13 @@ class HFBackend:
         *,
         stop_ids: Sequence[int],
         batch_size: int = 16,
+        kv_cache: Literal["reserved", "dynamic"] = "reserved",
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.stop_ids = list(stop_ids)
         self.batch_size = batch_size
+        self._cache_argument = cache_argument(model) if kv_cache == "reserved" else None
 
     @torch.no_grad()
     def generate(
@@ -56,8 +65,11 @@ class HFBackend:
             rows = {} if vectors is None else {k: v[idx] for k, v in vectors.items()}
             # One seed per batch index: identical requests give identical outputs.
             torch.manual_seed(sampling.seed + n)
+            kwargs = self._kwargs(sampling)
+            if self._cache_argument is not None:
+                kwargs[self._cache_argument] = reserved_cache(self.model, sampling.max_new_tokens)
             with steer(self.model, rows):
-                seqs = self.model.generate(**batch, **self._kwargs(sampling))  # type: ignore[operator]
+                seqs = self.model.generate(**batch, **kwargs)  # type: ignore[operator]
             for row, i in enumerate(idx):
                 out[i] = self._decode(seqs[row, batch["input_ids"].shape[1] :])
         return [g for g in out if g is not None]
