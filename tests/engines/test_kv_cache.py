@@ -10,7 +10,7 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 from icon2.engines import hf as hf_engine
 from icon2.engines.base import Sampling
 from icon2.engines.hf import HFBackend
-from icon2.engines.kv_cache import ReservedLayer, reserved_cache
+from icon2.engines.kv_cache import ReservedLayer, cache_argument, reserved_cache
 from icon2.model.chat import end_of_turn_ids, render_prompt
 
 QUESTIONS = ["Hi!", "Write a poem about the sea and the wind.", "What is 12 * 7?", "A story."]
@@ -127,3 +127,24 @@ def test_backend_generates_what_the_dynamic_cache_generates(
     ours = HFBackend(model, tok, stop_ids=stop, batch_size=4).generate(prompts, s)
     plain = _generate_plain(model, tok, prompts, s)
     assert [tok(g.text, add_special_tokens=False)["input_ids"] for g in ours] == plain
+
+
+def test_a_checkpoint_naming_its_own_cache_keeps_it(
+    tiny_model_dir: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """generate refuses a cache object beside a configured cache_implementation: the engine
+    then lets generate build the configured cache, and generates the same tokens."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompts = [render_prompt(tok, q) for q in QUESTIONS]
+    s = Sampling(max_new_tokens=12)
+    stop = end_of_turn_ids(tok)
+    reserved = HFBackend(model, tok, stop_ids=stop, batch_size=4).generate(prompts, s)
+    model.generation_config.cache_implementation = "dynamic"
+    made: list[Any] = []
+    monkeypatch.setattr(hf_engine, "reserved_cache", lambda *a: made.append(a))
+    assert cache_argument(model) is None
+    assert HFBackend(model, tok, stop_ids=stop, batch_size=4).generate(prompts, s) == reserved
+    assert made == []

