@@ -48,6 +48,21 @@ def _timed(fn: Any, repeats: int) -> float:
     return best
 
 
+def _steered_prompts(
+    model_dir: Path, directions: Path, features: Path, prompts: int
+) -> tuple[Any, Any, list[str], dict[int, torch.Tensor]]:
+    """The model, its tokenizer, `prompts` rendered feature prompts and their steering
+    vectors as `pairs` builds them (general direction, γ = 0.1, the middle third)."""
+    model, tok, card = load_local(model_dir)
+    dfile = direction_file.load_directions(directions)
+    texts = [render_prompt(tok, q) for q in read_instructions(features)[:prompts]]
+    layers = middle_third(card["num_layers"])
+    vecs = steering_vectors(
+        dfile, ["general"] * len(texts), [0.1] * len(texts), layers, "contrastive_norm"
+    )
+    return model, tok, texts, vecs
+
+
 @app.command()
 def generation(
     model_dir: ModelDir = Path("data/model"),
@@ -59,16 +74,10 @@ def generation(
     repeats: int = 3,
 ) -> None:
     """Steered vs unsteered generation time on identical prompts and token counts."""
-    model, tok, card = load_local(model_dir)
-    dfile = direction_file.load_directions(directions)
-    texts = [render_prompt(tok, q) for q in read_instructions(features)[:prompts]]
+    model, tok, texts, vecs = _steered_prompts(model_dir, directions, features, prompts)
     backend = HFBackend(model, tok, stop_ids=end_of_turn_ids(tok), batch_size=batch_size)
     # ignore_eos: both runs generate exactly new_tokens per row, so only the hooks differ.
     s = Sampling(max_new_tokens=new_tokens, ignore_eos=True)
-    layers = middle_third(card["num_layers"])
-    vecs = steering_vectors(
-        dfile, ["general"] * len(texts), [0.1] * len(texts), layers, "contrastive_norm"
-    )
     backend.generate(texts[:2], Sampling(max_new_tokens=4))  # warm-up
     # Interleaved, best of each: the order of the runs must not favour either side.
     plain = steered = float("inf")
@@ -104,14 +113,8 @@ def kv_cache(
     """The HF engine's decoding, steered as in `pairs`, with the reserved KV cache vs
     transformers' concatenating DynamicCache: one batch of `prompts` rows, `new_tokens` each
     (the `pairs` stage's batch and budget by default). Rounds alternate the order."""
-    model, tok, card = load_local(model_dir)
+    model, tok, texts, vecs = _steered_prompts(model_dir, directions, features, prompts)
     model.to(getattr(torch, dtype))
-    dfile = direction_file.load_directions(directions)
-    texts = [render_prompt(tok, q) for q in read_instructions(features)[:prompts]]
-    layers = middle_third(card["num_layers"])
-    vecs = steering_vectors(
-        dfile, ["general"] * len(texts), [0.1] * len(texts), layers, "contrastive_norm"
-    )
     s = Sampling(max_new_tokens=new_tokens, ignore_eos=True, repetition_penalty=1.1)
     stop = end_of_turn_ids(tok)
     backends = {
