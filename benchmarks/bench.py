@@ -23,6 +23,7 @@ import torch
 import typer
 
 from icon2.core.layers import middle_third
+from icon2.core.precision import machine, resolve_dtype
 from icon2.core.tables import read_instructions
 from icon2.engines.base import Sampling
 from icon2.engines.hf import HFBackend
@@ -107,13 +108,14 @@ def kv_cache(
     features: Features = Path("data/features.jsonl"),
     prompts: int = 128,
     new_tokens: int = 320,
-    dtype: str = "bfloat16",
+    dtype: str = "auto",
     rounds: int = 2,
 ) -> None:
     """The HF engine's decoding, steered as in `pairs`, with the reserved KV cache vs
     transformers' concatenating DynamicCache: one batch of `prompts` rows, `new_tokens` each
     (the `pairs` stage's batch and budget by default). Rounds alternate the order."""
     model, tok, texts, vecs = _steered_prompts(model_dir, directions, features, prompts)
+    dtype = resolve_dtype("hf.dtype", dtype, "cpu").value  # auto: bf16 where native, else fp32
     model.to(getattr(torch, dtype))
     s = Sampling(max_new_tokens=new_tokens, ignore_eos=True, repetition_penalty=1.1)
     stop = end_of_turn_ids(tok)
@@ -290,7 +292,8 @@ def train_once(
 
 
 def _report(result: dict[str, Any]) -> None:
-    typer.echo(json.dumps(result, indent=2))
+    """Every figure goes out with the machine it was measured on (CPU flags, cores, dtypes)."""
+    typer.echo(json.dumps({**result, "machine": machine()}, indent=2))
 
 
 if __name__ == "__main__":

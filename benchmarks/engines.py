@@ -26,6 +26,7 @@ import typer
 
 from icon2.core.layers import middle_third
 from icon2.core.params import VLLMParams
+from icon2.core.precision import compute_device, machine, resolve_dtype
 from icon2.core.tables import read_instructions
 from icon2.engines.base import Backend, Sampling
 from icon2.engines.hf import HFBackend
@@ -35,7 +36,7 @@ from icon2.model.loading import load_local
 from icon2.steps import direction_file
 from icon2.steps.direction_file import steering_vectors
 
-Dtype = Literal["bfloat16", "float16", "float32"]
+Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 
 
 def main(
@@ -50,7 +51,9 @@ def main(
     ),
     prompts: int = 256,
     new_tokens: int = 128,
-    dtype: Annotated[Dtype, typer.Option(help="Both engines' dtype.")] = "bfloat16",
+    dtype: Annotated[
+        Dtype, typer.Option(help="Both engines' dtype; auto = bf16 where native, else fp32.")
+    ] = "auto",
     hf_batch_size: int = 128,
     gamma: float = 0.5,
     repeats: int = 1,
@@ -59,6 +62,7 @@ def main(
         bool, typer.Option(help="Steer with 8 vector sets, as `pairs` does (4 criteria × ±γ).")
     ] = False,
 ) -> None:
+    dtype = resolve_dtype("vllm.dtype", dtype, compute_device("auto")).value  # type: ignore[assignment]
     t0 = time.perf_counter()
     model, tok, card = load_local(model_dir, dtype=dtype)
     startup = {"hf": time.perf_counter() - t0}
@@ -115,6 +119,7 @@ def main(
             "vllm_over_hf_tokens_per_s_steered": round(best["hf", True] / best["vllm", True], 3),
             "threads": torch.get_num_threads(),
             "vector_sets": 8 if mixed and not random_direction else 1,
+            "machine": machine(),
         }
     )
 

@@ -1,10 +1,11 @@
-"""Tests for icon2.engines.make_backend's HF engine: the bf16 generating copy (hf.dtype)."""
+"""Tests for icon2.engines.make_backend's HF engine: the generating copy (hf.dtype)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from icon2.core.params import load_params
@@ -16,14 +17,15 @@ from icon2.model.chat import end_of_turn_ids, render_prompt
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_default_params_decode_with_a_bf16_copy_and_leave_the_model_alone(
-    tiny_model: Any, tiny_model_dir: Path
+def test_auto_decodes_with_a_bf16_copy_where_bf16_is_native_and_leaves_the_model_alone(
+    tiny_model: Any, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from transformers import AutoModelForCausalLM
 
     model, tok = tiny_model
-    p = load_params(ROOT / "params.yaml")  # the default run: base.dtype float32, hf.dtype bf16
-    assert p.base.dtype == "float32" and p.hf.dtype == "bfloat16"
+    p = load_params(ROOT / "params.yaml")  # the default run: base.dtype float32, hf.dtype auto
+    assert p.base.dtype == "float32" and p.hf.dtype == "auto"
+    monkeypatch.setenv("ICON2_BF16_NATIVE", "1")  # an AMX / AVX512-BF16 CPU
     backend = make_backend(p, ROOT, model, tok, batch_size=2)
     assert isinstance(backend, HFBackend)
     assert backend.model.dtype == torch.bfloat16 and backend.model is not model
@@ -35,16 +37,17 @@ def test_default_params_decode_with_a_bf16_copy_and_leave_the_model_alone(
     assert backend.generate(prompt, s) == independent.generate(prompt, s)
 
 
+def test_auto_decodes_with_the_model_itself_where_bf16_is_emulated(
+    tiny_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, tok = tiny_model
+    monkeypatch.setenv("ICON2_BF16_NATIVE", "0")  # an AVX2-only CPU
+    backend = make_backend(load_params(ROOT / "params.yaml"), ROOT, model, tok, batch_size=2)
+    assert isinstance(backend, HFBackend) and backend.model is model
+
+
 def test_null_or_equal_dtype_decodes_with_the_model_itself(tiny_model: Any) -> None:
     model, _ = tiny_model
-    p = load_params(ROOT / "params.yaml")
-    assert (
-        generating_copy(model, p.model_copy(update={"hf": p.hf.model_copy(update={"dtype": None})}))
-        is model
-    )
-    assert (
-        generating_copy(
-            model, p.model_copy(update={"hf": p.hf.model_copy(update={"dtype": "float32"})})
-        )
-        is model
-    )
+    assert generating_copy(model, "null") is model
+    assert generating_copy(model, "float32") is model
+    assert generating_copy(model, "bfloat16").dtype == torch.bfloat16

@@ -164,11 +164,16 @@ def test_two_process_ddp_matches_one_process(
     # The same global batch of 2 pairs per step: the same trajectory up to float reordering.
     for key, column in (("loss", "loss"), ("rewards/margins", "margins")):
         assert ddp[key][column].to_list() == pytest.approx(one[key][column].to_list(), abs=1e-4)
-    assert one["rewards/margins"]["margins"][-1] > 1.0  # it trained
+    # It trained: step 1 is logged before the first update (policy = reference, margin 0);
+    # four steps at 1e-3 move it well above (0.9988 for spa on an AVX2 CPU, > 1 on AMX).
+    margins = one["rewards/margins"]["margins"].to_list()
+    assert margins[0] == pytest.approx(0.0, abs=1e-3) and margins[-1] > 0.5
     if loss == "spa":  # the window really flagged pairs (identical flags on both runs)
         flagged = [live_series(tmp_path / n / "live", "spa/flagged_fraction") for n in runs]
-        assert flagged[0]["flagged_fraction"].to_list() == [0.0, 0.5, 0.5, 0.5]
-        assert flagged[1]["flagged_fraction"].to_list() == [0.0, 0.5, 0.5, 0.5]
+        # Step 1 (policy = reference) ties both pairs' confidence up to float noise: whether
+        # one is flagged there depends on the CPU's kernels (AMX: no, AVX2: yes).
+        one_flags, ddp_flags = (f["flagged_fraction"].to_list() for f in flagged)
+        assert one_flags == ddp_flags and one_flags[1:] == [0.5, 0.5, 0.5]
     assert ddp_metrics["optimizer_steps"] == one_metrics["optimizer_steps"] == 4
     # Only rank 0 wrote, and it wrote a whole checkpoint.
     assert (tmp_path / "ddp" / "ckpt" / "model.safetensors").is_file()

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import icon2.train.trainer as trainer_module
+from icon2.core import precision
 from icon2.core.params import SPAParams, TrainParams
 from icon2.train.batches import PAIR_INDEX
 from icon2.train.config import build_dpo_config, make_trainer
@@ -181,6 +182,7 @@ def test_build_dpo_config_maps_fields(tmp_path: Path) -> None:
         warmup_ratio=0.25,
         logging_steps=3,
         precompute_ref_log_probs=True,
+        precision="bf16",
     )
     cfg = build_dpo_config(tp, tmp_path, seed=7)
     assert cfg.loss_type == ["sigmoid"] and cfg.beta == 0.2 and cfg.learning_rate == 1e-5
@@ -189,7 +191,7 @@ def test_build_dpo_config_maps_fields(tmp_path: Path) -> None:
     assert cfg.gradient_accumulation_steps == 2 and cfg.max_length == 128
     assert cfg.lr_scheduler_type == "linear" and cfg.logging_steps == 3
     assert cfg.get_warmup_steps(100) == 25  # the ratio survives transformers 5's warmup_steps
-    # The default precision is bf16 mixed precision; fp32 turns both flags off.
+    # bf16 mixed precision; fp32 turns both flags off (auto: tests/core/test_precision.py).
     assert cfg.bf16 and not cfg.fp16 and not cfg.gradient_checkpointing
     assert cfg.eval_strategy == "no" and cfg.save_strategy == "no" and cfg.report_to == []
     assert cfg.use_cpu == (not torch.cuda.is_available()) and cfg.dataloader_num_workers == 0
@@ -221,7 +223,7 @@ def test_dpo_step_loss_is_hand_dpo(tiny_model_dir: Path, tmp_path: Path) -> None
 def test_bf16_step_loss_is_near_hand_dpo(tiny_model_dir: Path, tmp_path: Path) -> None:
     """The default precision (bf16 autocast, fp32 weights) logs the fp32 hand loss to
     within bf16's resolution, and trains the fp32 weights."""
-    assert TrainParams().precision == "bf16"
+    assert TrainParams().precision == "auto"  # bf16 where the device computes it natively
     trainer = _make(
         tiny_model_dir, tmp_path, loss="dpo", per_device_train_batch_size=8, precision="bf16"
     )
@@ -406,3 +408,16 @@ def test_dro_default_warms_up_before_solving(tiny_model_dir: Path, tmp_path: Pat
     # More weight on the pairs the model finds most confusing (lowest ξ).
     assert trainer.dro.weight_confusion_corr is not None
     assert trainer.dro.weight_confusion_corr > 0
+
+
+def test_build_dpo_config_resolves_auto_by_the_hardware(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """AVX2-only CPU: fp32 (no autocast); AMX CPU: bf16 autocast (the probe is mocked)."""
+    monkeypatch.delenv(precision.ENV_OVERRIDE, raising=False)
+    monkeypatch.setattr(precision, "_cpu_probe", lambda: (False, False, "AVX2"))
+    slow = build_dpo_config(TrainParams(), tmp_path, seed=0)
+    assert not slow.bf16 and not slow.fp16
+    monkeypatch.setattr(precision, "_cpu_probe", lambda: (True, False, "AVX512"))
+    fast = build_dpo_config(TrainParams(), tmp_path, seed=0)
+    assert fast.bf16 and not fast.fp16

@@ -18,18 +18,18 @@ if TYPE_CHECKING:  # transformers is imported when an engine is made, not before
     from icon2.engines.base import Backend
 
 
-def generating_copy(model: PreTrainedModel, p: Params) -> PreTrainedModel:
-    """The model the HF engine decodes with: ``model`` itself, or a copy in ``hf.dtype`` when
-    that differs from the model's dtype (the stage's model keeps ``base.dtype`` for its
-    hidden-state reads, log-probs and training)."""
+def generating_copy(model: PreTrainedModel, dtype: str) -> PreTrainedModel:
+    """The model the HF engine decodes with: ``model`` itself, or a copy in ``dtype`` (the
+    resolved ``hf.dtype``) when that differs from the model's dtype (the stage's model keeps
+    ``base.dtype`` for its hidden-state reads, log-probs and training)."""
     import copy
 
     from icon2.model.loading import DTYPES
 
-    if p.hf.dtype is None or DTYPES[p.hf.dtype] == model.dtype:
+    if dtype == "null" or DTYPES[dtype] == model.dtype:
         return model
     clone: Any = copy.deepcopy(model)
-    clone.to(DTYPES[p.hf.dtype])  # in place (nn.Module.to)
+    clone.to(DTYPES[dtype])  # in place (nn.Module.to)
     return cast("PreTrainedModel", clone.eval())
 
 
@@ -48,19 +48,24 @@ def make_backend(
     engine's; vLLM schedules its own batches. ``steering``: the stage will pass vectors,
     so an architecture vLLM cannot steer fails here, before the engine starts.
     """
+    from icon2.core.precision import announce, generation_dtype
     from icon2.model.chat import end_of_turn_ids
 
+    dtype = generation_dtype(p)
     if p.base.engine == "hf":
         from icon2.engines.hf import HFBackend
 
+        announce(dtype)
         stops = end_of_turn_ids(tokenizer)
         return HFBackend(
-            generating_copy(model, p), tokenizer, stop_ids=stops, batch_size=batch_size
+            generating_copy(model, dtype.value), tokenizer, stop_ids=stops, batch_size=batch_size
         )
     from icon2.engines.vllm import VLLMBackend, check_steerable, require_vllm
 
     require_vllm()
     if steering:
         check_steerable(model_dir)
+    announce(dtype)
     stops = end_of_turn_ids(tokenizer)
-    return VLLMBackend(model_dir, tokenizer, stop_ids=stops, settings=p.vllm, seed=p.base.seed)
+    settings = p.vllm.model_copy(update={"dtype": dtype.value})
+    return VLLMBackend(model_dir, tokenizer, stop_ids=stops, settings=settings, seed=p.base.seed)

@@ -2,8 +2,8 @@
 
 Training runs on TRL's own ``DPOTrainer``/``DPOConfig``. :func:`build_dpo_config` maps the
 ``train`` section onto a ``DPOConfig``; :func:`make_trainer` builds an
-:class:`~icon2.trainer.Icon2DPOTrainer`, which only replaces the loss for the ``spa`` and ``dro``
-variants (see :mod:`icon2.trainer`).
+:class:`~icon2.train.trainer.Icon2DPOTrainer`, which only replaces the loss for the ``spa`` and
+``dro`` variants (see :mod:`icon2.train.trainer`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl.trainer.dpo_config import DPOConfig
 
 from icon2.core.params import TrainParams
+from icon2.core.precision import announce, compute_device, resolve_mixed
 from icon2.train.callbacks import EvaluateAtEnd
 from icon2.train.trainer import Icon2DPOTrainer
 
@@ -47,7 +48,10 @@ def build_dpo_config(
     Returns:
         The config. With ``eval_steps = None`` its ``eval_strategy`` is ``"no"``;
         :func:`make_trainer` then adds a callback that evaluates once after the last step.
+        ``train.precision: auto`` is resolved here (bf16 where native, else fp32).
     """
+    precision = resolve_mixed("train.precision", tp.precision, compute_device("auto"))
+    announce(precision)
     return DPOConfig(
         output_dir=str(output_dir),
         seed=seed,
@@ -62,8 +66,8 @@ def build_dpo_config(
         gradient_accumulation_steps=tp.gradient_accumulation_steps,
         max_length=tp.max_length,
         # TRL defaults bf16 to True when fp16 is off, so both flags are always set explicitly.
-        bf16=tp.precision == "bf16",
-        fp16=tp.precision == "fp16",
+        bf16=precision.value == "bf16",
+        fp16=precision.value == "fp16",
         lr_scheduler_type=tp.lr_scheduler_type,
         # transformers 5 dropped warmup_ratio; a float in [0, 1) for warmup_steps is a ratio.
         warmup_steps=tp.warmup_ratio,

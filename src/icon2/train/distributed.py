@@ -32,6 +32,7 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 
 from icon2.core.errors import InputError, ParamsError
+from icon2.core.precision import compute_device, resolve_mixed
 from icon2.train.losses import ConfidenceWindow
 from icon2.train.memory import read_accelerate_config
 
@@ -57,10 +58,12 @@ def check_accelerate_config(path: Path, precision: str) -> dict[str, Any]:
             f"{key}: {path} selects DeepSpeed ZeRO-{stage}, but deepspeed is not installed "
             f"(pip install deepspeed on the GPU machine, or use configs/accelerate/fsdp.yaml)"
         )
-    mixed, want = str(config.get("mixed_precision", "no")), _MIXED[precision]
+    resolved = resolve_mixed("train.precision", precision, compute_device("auto"))
+    mixed, want = str(config.get("mixed_precision", "no")), _MIXED[resolved.value]
     if mixed != want:
+        said = precision if precision != "auto" else f"auto ({want} here: {resolved.reason})"
         raise ParamsError(
-            f"{key}: {path} has mixed_precision: {mixed}, but train.precision is {precision} "
+            f"{key}: {path} has mixed_precision: {mixed}, but train.precision is {said} "
             f"(set mixed_precision: {want} there, or change train.precision)"
         )
     return config

@@ -341,7 +341,8 @@ def setup_fields(
         # SPA mixes reference logits in every step, so it always keeps the reference model.
         precomputed = train.precompute_ref_log_probs and train.loss != "spa"
         fields.update(
-            precision=train.precision,
+            # The plan is for a GPU, where `auto` resolves to bf16 on every bf16-capable one.
+            precision="bf16" if train.precision == "auto" else train.precision,
             per_device_batch=train.per_device_train_batch_size,
             max_length=train.max_length,
             gradient_checkpointing=train.gradient_checkpointing,

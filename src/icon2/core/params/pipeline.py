@@ -44,18 +44,19 @@ class BaseParams(_Section):
 class HFParams(_Section):
     """The Hugging Face engine (``base.engine: hf``); the vLLM engine ignores this section."""
 
-    # The generating copy's weights (null = base.dtype): bf16 decodes ~2x faster than fp32 on
-    # CPUs with AMX/AVX-512 and on GPUs. Hidden-state reads, log-probs and training keep
-    # base.dtype (they use the stage's own model).
-    dtype: Literal["bfloat16", "float16", "float32"] | None = "bfloat16"
+    # The generating copy's weights (null = base.dtype). auto = bfloat16 where the device
+    # computes it natively (CUDA with bf16, CPUs with AMX or AVX512-BF16: ~2x fp32), else
+    # float32 (bf16 is emulated on AVX2-only CPUs, ~30x slower); see icon2.core.precision.
+    # Hidden-state reads, log-probs and training keep base.dtype (the stage's own model).
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = "auto"
 
 
 class VLLMParams(_Section):
     """The vLLM engine (``base.engine: vllm``); the HF engine ignores this section."""
 
-    # vLLM's own weights: bf16 generates ~2x faster than fp32 on CPUs with AMX/AVX-512 and
-    # on GPUs; hidden-state reads stay in base.dtype (they use the HF model).
-    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    # vLLM's own weights; auto as hf.dtype (bfloat16 where native, else float32).
+    # Hidden-state reads stay in base.dtype (they use the HF model).
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     max_model_len: int = Field(2048, ge=16)  # prompt + answer tokens per request
     # GPU share for weights + KV cache; the stage's HF model shares the same GPU.
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)

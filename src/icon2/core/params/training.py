@@ -67,7 +67,9 @@ class TrainParams(_Section):
     gradient_accumulation_steps: int = Field(1, ge=1)
     per_device_eval_batch_size: int = Field(4, ge=1)
     max_length: int = Field(512, ge=16)
-    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    # Mixed precision (fp32 weights, bf16/fp16 compute). auto = bf16 where the device computes
+    # it natively, else fp32 (icon2.core.precision).
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     lr_scheduler_type: str = "cosine"
     # Below 1 because transformers 5 reads a warm-up of 1.0 as "one step", not as a ratio.
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
