@@ -4,6 +4,7 @@
     python benchmarks/bench.py scoring      # batched vs one-at-a-time consistency reads
     python benchmarks/bench.py training     # DPO steps/s, peak memory, ref precompute, DRO share
     python benchmarks/bench.py kv-cache     # in-place KV cache vs transformers' DynamicCache
+    python benchmarks/bench.py drop-finished  # decoding that drops finished rows vs generate
 
 Both use the ``model`` stage's output and ``directions.safetensors`` (run ``dvc repro
 directions`` first; ``training`` also needs ``data/pairs/pairs.parquet``).
@@ -144,6 +145,52 @@ def kv_cache(
             "dynamic_tokens_per_s": round(tokens / best["dynamic"], 1),
             "reserved_over_dynamic_tokens_per_s": round(best["dynamic"] / best["reserved"], 3),
             "same_text": outputs["reserved"] == outputs["dynamic"],
+        }
+    )
+
+
+@app.command()
+def drop_finished(
+    model_dir: ModelDir = Path("data/model"),
+    features: Features = Path("data/features.jsonl"),
+    params: Annotated[Path, typer.Option(help="For base.system_prompt and hf.dtype.")] = Path(
+        "params.yaml"
+    ),
+    prompts: int = 64,
+    new_tokens: int = 320,
+) -> None:
+    """Real answers (the default system prompt, greedy, repetition penalty 1.1, as `pairs`)
+    in one batch: the decoding loop that drops finished rows vs transformers' `generate`,
+    which computes every row until the longest ends. Same tokens; time and row-steps."""
+    from icon2.core.params import load_params
+
+    p = load_params(params)
+    model, tok, _ = load_local(model_dir)
+    dtype = resolve_dtype("hf.dtype", p.hf.dtype, "cpu").value
+    model.to(getattr(torch, dtype))
+    questions = read_instructions(features)[:prompts]
+    texts = [render_prompt(tok, q, p.base.system_prompt) for q in questions]
+    s = Sampling(max_new_tokens=new_tokens, repetition_penalty=1.1)
+    stop = end_of_turn_ids(tok)
+    seconds, outputs = {}, {}
+    for drop in (True, False):
+        backend = HFBackend(model, tok, stop_ids=stop, batch_size=len(texts), drop_finished=drop)
+        backend.generate(texts[:2], Sampling(max_new_tokens=4))  # warm-up
+        t0 = time.perf_counter()
+        outputs[drop] = backend.generate(texts, s)
+        seconds[drop] = time.perf_counter() - t0
+    tokens = sum(g.token_count for g in outputs[True])
+    _report(
+        {
+            "dtype": dtype,
+            "prompts": len(texts),
+            "budget": new_tokens,
+            "tokens_generated": tokens,
+            "row_steps_generate": len(texts) * max(g.token_count for g in outputs[False]),
+            "drop_finished_s": round(seconds[True], 1),
+            "generate_s": round(seconds[False], 1),
+            "generate_over_drop_finished": round(seconds[False] / seconds[True], 3),
+            "same_tokens": outputs[True] == outputs[False],
         }
     )
 

@@ -13,9 +13,11 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
+from transformers.cache_utils import DynamicCache
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from icon2.engines.base import Generation, Sampling
+from icon2.engines.decode import decode_dropping_finished
 from icon2.engines.kv_cache import cache_argument, reserved_cache
 from icon2.model.chat import end_of_turn_ids
 from icon2.model.hooks import steer, tokenize_left
@@ -27,6 +29,11 @@ class HFBackend:
     ``kv_cache="reserved"`` (the default) hands ``generate`` a cache that reserves room for
     the answer and writes each token in place (:mod:`icon2.engines.kv_cache`); ``"dynamic"``
     leaves transformers' concatenating ``DynamicCache``. Both generate the same tokens.
+
+    ``drop_finished`` (the default) decodes with :mod:`icon2.engines.decode`, which takes
+    rows out of the batch as they end instead of computing padding for them until the
+    longest row ends; greedy tokens are ``generate``'s. Models for which ``generate`` must
+    build its own cache (see :func:`~icon2.engines.kv_cache.cache_argument`) use ``generate``.
     """
 
     def __init__(
@@ -37,12 +44,15 @@ class HFBackend:
         stop_ids: Sequence[int],
         batch_size: int = 16,
         kv_cache: Literal["reserved", "dynamic"] = "reserved",
+        drop_finished: bool = True,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.stop_ids = list(stop_ids)
         self.batch_size = batch_size
+        self.kv_cache = kv_cache
         self._cache_argument = cache_argument(model) if kv_cache == "reserved" else None
+        self._loop_argument = cache_argument(model) if drop_finished else None
 
     @torch.no_grad()
     def generate(
@@ -65,14 +75,31 @@ class HFBackend:
             rows = {} if vectors is None else {k: v[idx] for k, v in vectors.items()}
             # One seed per batch index: identical requests give identical outputs.
             torch.manual_seed(sampling.seed + n)
-            kwargs = self._kwargs(sampling)
-            if self._cache_argument is not None:
-                kwargs[self._cache_argument] = reserved_cache(self.model, sampling.max_new_tokens)
-            with steer(self.model, rows):
-                seqs = self.model.generate(**batch, **kwargs)  # type: ignore[operator]
-            for row, i in enumerate(idx):
-                out[i] = self._decode(seqs[row, batch["input_ids"].shape[1] :])
+            for i, new in zip(idx, self._new_tokens(batch, sampling, rows), strict=True):
+                out[i] = self._decode(new)
         return [g for g in out if g is not None]
+
+    def _new_tokens(
+        self, batch: dict[str, torch.Tensor], sampling: Sampling, rows: dict[int, torch.Tensor]
+    ) -> list[list[int]]:
+        if self._loop_argument is not None:
+            return decode_dropping_finished(
+                self.model,
+                batch,
+                sampling,
+                stop_ids=self.stop_ids,
+                cache=reserved_cache(self.model, sampling.max_new_tokens)
+                if self.kv_cache == "reserved"
+                else DynamicCache(config=self.model.config.get_text_config(decoder=True)),
+                cache_argument=self._loop_argument,
+                vectors=rows,
+            )
+        kwargs = self._kwargs(sampling)
+        if self._cache_argument is not None:
+            kwargs[self._cache_argument] = reserved_cache(self.model, sampling.max_new_tokens)
+        with steer(self.model, rows):
+            seqs = self.model.generate(**batch, **kwargs)  # type: ignore[operator]
+        return [row.tolist() for row in seqs[:, batch["input_ids"].shape[1] :]]
 
     def _kwargs(self, s: Sampling) -> dict[str, object]:
         kw: dict[str, object] = {
@@ -89,8 +116,7 @@ class HFBackend:
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kw
 
-    def _decode(self, new: torch.Tensor) -> Generation:
-        ids = new.tolist()
+    def _decode(self, ids: list[int]) -> Generation:
         stops = set(self.stop_ids)
         cut = next((j for j, t in enumerate(ids) if t in stops), None)
         if cut is None:

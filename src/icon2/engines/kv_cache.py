@@ -26,9 +26,10 @@ MIN_GROWTH = 256
 class ReservedLayer(DynamicLayer):  # type: ignore[no-untyped-call]  # transformers is untyped
     """A ``DynamicLayer`` whose keys and values are views of a buffer with spare room.
 
-    ``crop`` keeps the views on the buffer; ``batch_select_indices``, ``reorder_cache`` and
-    ``batch_repeat_interleave`` replace them with new tensors, and the next write moves them
-    into a new buffer. Either way the layer holds the same tokens a ``DynamicLayer`` would.
+    ``crop`` keeps the views on the buffer and ``batch_select_indices`` selects rows of the
+    buffer, room included; ``reorder_cache`` and ``batch_repeat_interleave`` replace them
+    with new tensors, and the next write moves them into a new buffer. Either way the layer
+    holds the same tokens a ``DynamicLayer`` would.
 
     Made for the engine's decoding (greedy or sampled, no beams, no gradients): a view handed
     out before a ``crop`` sees the next write, which ``generate`` never relies on; beam search
@@ -90,6 +91,20 @@ class ReservedLayer(DynamicLayer):  # type: ignore[no-untyped-call]  # transform
             k[..., :held, :].copy_(keys)
             v[..., :held, :].copy_(values)
         self._key_buffer, self._value_buffer = k, v
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep the rows ``indices``, with their reserved room (the engine's decoding loop
+        drops finished rows this way; one copy of the kept rows, no new growth later)."""
+        keys, buffer = self.keys, self._key_buffer
+        if buffer is None or keys is None or keys.data_ptr() != buffer.data_ptr():
+            super().batch_select_indices(indices)
+            return
+        assert self._value_buffer is not None
+        held = keys.shape[-2]
+        self._key_buffer = buffer[indices, ...]
+        self._value_buffer = self._value_buffer[indices, ...]
+        self.keys = self._key_buffer[..., :held, :]
+        self.values = self._value_buffer[..., :held, :]
 
     def reset(self) -> None:
         self._key_buffer = self._value_buffer = None

@@ -20,6 +20,7 @@ from trl.trainer.dpo_config import DPOConfig
 from icon2.core.params import TrainParams
 from icon2.core.precision import announce, compute_device, resolve_mixed
 from icon2.train.callbacks import EvaluateAtEnd
+from icon2.train.lm_head import score_completions_only
 from icon2.train.trainer import Icon2DPOTrainer
 
 _CHECKPOINTING = (
@@ -123,6 +124,7 @@ def make_trainer(
     """
     evaluate = eval_dataset is not None
     config = build_dpo_config(tp, output_dir, seed=seed, evaluate=evaluate)
+    score_completions_only()  # TRL's fused head: answer positions only, on the CPU too
     callbacks = [EvaluateAtEnd()] if evaluate and tp.eval_steps is None else []
     return Icon2DPOTrainer(
         variant=tp.loss,
