@@ -36,5 +36,5 @@ def score_completions_only() -> bool:
         return device.type == "cpu" or original(device)
 
     setattr(compact, _PATCHED, True)
-    trl_utils._use_triton = compact
+    setattr(trl_utils, "_use_triton", compact)  # noqa: B010  # a private name of TRL's
     return True
