@@ -16,19 +16,21 @@ import typer
 from icon2.core.errors import user_errors
 from icon2.core.io import atomic_path
 from icon2.core.params import load_params
-from icon2.core.preflight import MARKER_TEXT, preflight
+from icon2.core.preflight import MARKER_TEXT, Declared, preflight
 
 
-def declared_outputs() -> list[Path]:
-    """Every output the DVC pipelines of this repository declare (none outside one)."""
+def declared() -> Declared:
+    """What the DVC stages of this repository write and read (nothing outside one)."""
     from dvc.exceptions import NotDvcRepoError
     from dvc.repo import Repo
 
     try:
         with Repo() as repo:
-            return [Path(out.fs_path).resolve() for out in repo.index.outs]
+            outs = [Path(o.fs_path).resolve() for o in repo.index.outs]
+            deps = [Path(d.fs_path).resolve() for d in repo.index.deps if d.protocol == "local"]
     except NotDvcRepoError:
-        return []
+        return Declared([], [])
+    return Declared(outs, deps)
 
 
 @user_errors
@@ -38,7 +40,7 @@ def main(
     params: Annotated[Path, typer.Option(help="Params file.")] = Path("params.yaml"),
 ) -> None:
     p = load_params(params)
-    preflight(p, model_dir, declared_outputs, Path.cwd())
+    preflight(p, model_dir, declared, Path.cwd())
     with atomic_path(out) as tmp:
         tmp.write_text(MARKER_TEXT, encoding="utf-8")
     typer.echo(f"check: {params} and the paths it names are usable -> {out}")

@@ -9,7 +9,7 @@ marker's text never changes, so a check that passes reruns nothing downstream by
 What can be known before any model is loaded, from params.yaml and the file system only:
 - the whole file against the schema (``load_params``; answer budgets that no answer can end
   within are refused there);
-- every input path a stage names, unless a stage of the pipelines writes it;
+- every input path that a stage reads exists, unless a stage of the pipelines writes it;
 - a model, judge or reward model named by a path that is not a model directory;
 - layer lists outside the model or outside the layers the directions will have, when the
   number of layers is known (``base.model`` is a local directory, or the ``model`` stage's
@@ -24,6 +24,7 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from icon2.core.errors import InputError, ModelError, ParamsError
 from icon2.core.layers import resolve_layers
@@ -64,25 +65,35 @@ def input_paths(p: Params) -> dict[str, str]:
     return paths
 
 
-def check_inputs(p: Params, produced: Callable[[], list[Path]], root: Path) -> None:
-    """Every input path exists, or a stage of the pipelines writes it.
+class Declared(NamedTuple):
+    """What the DVC stages of the repository declare, as absolute paths."""
+
+    outs: list[Path]  # what they write
+    deps: list[Path]  # what they read
+
+
+def check_inputs(p: Params, declared: Callable[[], Declared], root: Path) -> None:
+    """Every input path a stage reads exists, or a stage writes it.
 
     Args:
         p: the validated params.
-        produced: the outputs the pipelines declare (absolute); called only when a path is
+        declared: the stages' outputs and dependencies; called only when a path is
             missing, since listing them means reading every dvc.yaml.
         root: the directory paths are relative to (the repository root).
 
     Raises:
-        InputError: naming the first key whose path is neither there nor produced.
+        InputError: naming the first key whose path a stage reads but nothing provides. A
+            path no stage reads (e.g. ``compare.methods`` without comparison/dvc.yaml) is
+            left alone; ``train.accelerate_config`` is read whenever it is set.
     """
     missing = {k: v for k, v in input_paths(p).items() if not (root / v).exists()}
     if not missing:
         return
-    outs = produced()
+    outs, deps = declared()
     for key, value in missing.items():
         path = (root / value).resolve()
-        if not any(path == out or out in path.parents for out in outs):
+        read = key == "train.accelerate_config" or any(path == d or d in path.parents for d in deps)
+        if read and not any(path == out or out in path.parents for out in outs):
             raise InputError(
                 f"params.yaml: {key}: {value} does not exist and no stage writes it; "
                 f"expected an existing file (paths are relative to {root.resolve()})"
@@ -166,11 +177,11 @@ def check_filter(p: Params) -> None:
         )
 
 
-def preflight(p: Params, model_dir: Path, produced: Callable[[], list[Path]], root: Path) -> None:
+def preflight(p: Params, model_dir: Path, declared: Callable[[], Declared], root: Path) -> None:
     """Every check above, cheapest first; the first failure raises an Icon2Error."""
     check_filter(p)
     check_models(p)
-    check_inputs(p, produced, root)
+    check_inputs(p, declared, root)
     n = model_layers(p, model_dir)
     if n is not None:
         check_layers(p, n)
