@@ -45,7 +45,9 @@ def team(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict
     """Alice's project after `dvc repro train`, committed and pushed to git and DVC remotes."""
     base = tmp_path_factory.mktemp("team")
     alice, origin, storage = base / "alice", base / "origin.git", base / "storage"
-    copy_pipeline(alice)
+    # data/features.jsonl is in git, as in a clone: the check refuses an input path that a
+    # stage of dvc.yaml reads and nothing provides, whichever stages a command runs.
+    copy_pipeline(alice, "data/features.jsonl")
     rows = [(q, f"A careful answer to: {q}", "No.", "train") for q in QUESTIONS[:4]]
     (alice / SEED).parent.mkdir(parents=True, exist_ok=True)
     _pairs_file(alice / SEED, rows)
