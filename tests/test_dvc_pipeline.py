@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -55,12 +56,10 @@ def copy_pipeline(root: Path, *extra: str) -> None:
             shutil.copy(src, dst)
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
-    root = tmp_path_factory.mktemp("project")
-    copy_pipeline(root, "data/features.jsonl")
+def tiny_params(model_dir: Path) -> dict[str, Any]:
+    """The repository's params.yaml, sized for the tiny model: the whole job in minutes."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["base"]["model"] = str(tiny_model_dir)
+    params["base"]["model"] = str(model_dir)
     params["directions"].update(max_features=12, batch_size=6)
     params["synthesize"].update(
         count=16,
@@ -71,7 +70,9 @@ def project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> P
         source="file",
     )
     params["filter"].update(value=1.0, validation_fraction=0.25)
-    params["pairs"].update(max_new_tokens=40, batch_size=8, temperature=1.0)
+    # Steered answers for 24 of the 300-odd kept instructions (about 7 pairs end in time),
+    # not all of them: the same pipeline in a fraction of the time.
+    params["pairs"].update(max_instructions=24, max_new_tokens=40, batch_size=8, temperature=1.0)
     params["train"].update(
         max_steps=2,
         per_device_train_batch_size=2,
@@ -86,11 +87,20 @@ def project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> P
         max_new_tokens=64,
         temperature=1.0,
     )
+    return params  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    copy_pipeline(root, "data/features.jsonl")
+    params = tiny_params(tiny_model_dir)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _dvc(root, "init", "--no-scm", "-q")
     ran, _ = _ran_and_skipped(_dvc(root, "repro"))
     # The default `dvc repro` is the ICON² job; SPA is its own pipeline on top of it.
     assert ran == {
+        "check",
         "model",
         "directions",
         "synthesize",
@@ -135,11 +145,12 @@ def test_gamma_change_reruns_only_pairs_and_downstream(project: Path) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["pairs"]["gamma_pos"] = 0.2
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    # Only `pairs` has a changed dependency; the stages after it rerun when its output changes.
-    assert set(json.loads(_dvc(project, "status", "--json"))) == {"pairs"}
+    # Only `pairs` (and `check`, which reads the whole params file and reruns nothing by
+    # itself) has a changed dependency; the stages after it rerun when its output changes.
+    assert set(json.loads(_dvc(project, "status", "--json"))) == {"check", "pairs"}
     # SPA's pipeline first brings what it reads up to date (pairs -> train), not evaluate.
     ran, skipped = _ran_and_skipped(_dvc(project, "repro", "spa/dvc.yaml"))
-    assert ran == {"pairs", "train", SPA1}
+    assert ran == {"check", "pairs", "train", SPA1}
     assert {"model", "directions", "synthesize", "score", "filter"} <= skipped
     # The main job then only has evaluate left to rerun.
     assert set(json.loads(_dvc(project, "status", "--json"))) == {"evaluate"}
@@ -151,7 +162,7 @@ def test_synthesize_change_invalidates_from_synthesize(project: Path) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["synthesize"]["min_chars"] = 2
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert set(json.loads(_dvc(project, "status", "--json"))) == {"synthesize"}
+    assert set(json.loads(_dvc(project, "status", "--json"))) == {"check", "synthesize"}
     ran, skipped = _ran_and_skipped(_dvc(project, "repro", "--dry"))
     assert "synthesize" in ran and not ran & {"model", "directions"}
     assert {"model", "directions"} <= skipped

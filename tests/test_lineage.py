@@ -46,8 +46,24 @@ def test_stage_deps_cover_its_import_closure(key: tuple[str, str]) -> None:
 
 @pytest.mark.parametrize("key", sorted(STAGES), ids=lambda k: f"{k[0]}:{k[1]}")
 def test_stage_params_match_the_provenance_list(key: tuple[str, str]) -> None:
+    if key == ("dvc.yaml", "check"):
+        # The check validates the whole file: it depends on params.yaml as a file.
+        assert "params" not in _spec(key) and "params.yaml" in _spec(key)["deps"]
+        return
     declared = [str(k).replace("${key}", "{t}") for k in _spec(key)["params"]]
     assert sorted(declared) == sorted(STAGE_PARAMS[key[1]])
+
+
+@pytest.mark.parametrize("key", sorted(STAGES), ids=lambda k: f"{k[0]}:{k[1]}")
+def test_every_stage_waits_for_the_check(key: tuple[str, str]) -> None:
+    """DVC deletes a stage's outputs before running it: the check must run before any stage
+    of any pipeline, so each depends on its marker (`dvc repro` runs upstream stages first)."""
+    if key == ("dvc.yaml", "check"):
+        outs = _spec(key)["outs"]
+        assert outs == [{"${paths.check}": {"cache": False, "persist": True}}]
+        return
+    marker = "${paths.check}" if key[0] == "dvc.yaml" else "${root.check}"
+    assert marker in _spec(key)["deps"]
 
 
 @pytest.mark.parametrize("pipeline", PIPELINES[1:])

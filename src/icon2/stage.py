@@ -2,35 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 import random
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 
-from icon2.core.errors import Icon2Error
+# user_errors lives in core so that stages/check.py runs without importing torch.
+from icon2.core.errors import user_errors as user_errors
 from icon2.core.params import Params, load_params
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Turn an Icon2Error into one line on stderr and exit status 2 (no traceback)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(*args, **kwargs)
-        except Icon2Error as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
-
-    return wrapper
 
 
 def seed_everything(seed: int) -> None:

@@ -1,5 +1,15 @@
 """Errors a user can act on. Stages print them as one message and exit with status 2."""
 
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
 
 class Icon2Error(Exception):
     """Base class: the message names the file, key or row and what was expected."""
@@ -15,3 +25,17 @@ class InputError(Icon2Error):
 
 class ModelError(Icon2Error):
     """The configured model cannot be found, loaded or used as a chat model."""
+
+
+def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn an Icon2Error into one line on stderr and exit status 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except Icon2Error as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper

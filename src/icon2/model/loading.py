@@ -21,6 +21,8 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from icon2.core.errors import ModelError
 from icon2.core.io import sha256_file, weights_hash
+from icon2.core.preflight import MODEL_CARD as MODEL_CARD
+from icon2.core.preflight import names_a_path
 
 BUILTIN_MODELS = {
     # name -> (package that ships the file, GGUF file name inside it, upstream id)
@@ -30,7 +32,6 @@ BUILTIN_MODELS = {
         "HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 }
-MODEL_CARD = "icon2_model.json"
 # from_pretrained arguments the tokenizer remembers and save_pretrained writes back.
 LOAD_ONLY_KWARGS = (
     "local_files_only",
@@ -88,8 +89,7 @@ def resolve(name: str, key: str = "base.model") -> ModelSource:
                 f"model directory)"
             )
         return ModelSource(name, "local", str(path.resolve()))
-    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or path.exists()
-    if looks_like_path:
+    if names_a_path(name):
         raise ModelError(f"{key}={name!r}: no such model directory")
     return ModelSource(name, "hub", name)
 

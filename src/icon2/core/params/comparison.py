@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from icon2.core.params.sections import MAX_SEED, _Section
+from icon2.core.params.sections import MAX_SEED, AnswerBudget, _Section
 
 BaselineName = Literal["sampling_ranking", "self_rewarding", "self_refine", "direct_prompting"]
 BASELINE_NAMES: tuple[BaselineName, ...] = (
@@ -45,7 +45,7 @@ class SelectParams(_Section):
     gamma_neg: list[float] = Field(default_factory=lambda: [-0.05, -0.1, -0.3])
     layer_ranges: dict[str, list[int]] | None = None  # null = early / middle / late thirds
     min_share: float = Field(0.9, ge=0.0, lt=1.0)  # share of chosen > rejected to exceed
-    max_new_tokens: int | None = Field(None, ge=1)  # null = pairs.max_new_tokens
+    max_new_tokens: AnswerBudget | None = None  # null = pairs.max_new_tokens
 
     @model_validator(mode="after")
     def _check_grid(self) -> SelectParams:

@@ -6,7 +6,13 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from icon2.core.params.sections import KNOWN_CRITERIA, MAX_SEED, ReadPosition, _Section
+from icon2.core.params.sections import (
+    KNOWN_CRITERIA,
+    MAX_SEED,
+    AnswerBudget,
+    ReadPosition,
+    _Section,
+)
 
 
 class BaseParams(_Section):
@@ -106,7 +112,7 @@ class SynthesizeParams(_Section):
     count: int = Field(448, ge=1)
     temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(64, ge=1)
+    max_new_tokens: AnswerBudget = 64  # instructions without end-of-turn are dropped
     batch_size: int = Field(128, ge=1)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)  # null = base.seed
     # null = derived from the model's chat template (cut before a sentinel user message).
@@ -158,7 +164,7 @@ class PairsParams(_Section):
     gamma_scale: Literal["contrastive_norm", "hidden_norm", "unit"] = "contrastive_norm"
     layers: list[int] | None = None  # null = the middle third of the model's layers
     max_instructions: int | None = Field(None, ge=1)
-    max_new_tokens: int = Field(320, ge=1)
+    max_new_tokens: AnswerBudget = 320  # pairs with a cut answer are dropped
     temperature: float = Field(0.0, ge=0.0)  # 0 = greedy
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     repetition_penalty: float = Field(1.1, gt=0.0)
