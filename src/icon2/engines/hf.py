@@ -7,6 +7,7 @@ vectors added at every position while that batch is generated.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -68,7 +69,16 @@ class HFBackend:
         order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
         out: list[Generation | None] = [None] * len(prompts)
         starts = range(0, len(order), self.batch_size)
-        for n, start in enumerate(tqdm(starts, desc=desc, disable=desc is None, unit="batch")):
+        if desc is not None:  # what will happen, before the first (slowest) batch starts
+            print(
+                f"{desc}: {len(prompts)} prompts x <= {sampling.max_new_tokens} new tokens, HF "
+                f"engine ({self.model.dtype}, {len(starts)} batches of <= {self.batch_size}, "
+                f"{torch.get_num_threads()} threads)",
+                file=sys.stderr,
+                flush=True,
+            )
+        bar = tqdm(total=len(prompts), desc=desc, disable=desc is None, unit="prompt")
+        for n, start in enumerate(starts):
             idx = order[start : start + self.batch_size]
             batch = tokenize_left(self.tokenizer, [prompts[i] for i in idx], device)
             batch.pop("position_ids")  # generate derives positions from the attention mask
@@ -77,6 +87,8 @@ class HFBackend:
             torch.manual_seed(sampling.seed + n)
             for i, new in zip(idx, self._new_tokens(batch, sampling, rows), strict=True):
                 out[i] = self._decode(new)
+            bar.update(len(idx))
+        bar.close()
         return [g for g in out if g is not None]
 
     def _new_tokens(
