@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import torch
+from tqdm.auto import tqdm
 
 from icon2.engines.base import Sampling
 from icon2.engines.hf import HFBackend
@@ -31,7 +32,7 @@ def _stops_ending_rows_early(
     free = HFBackend(model, tok, stop_ids=[], batch_size=len(prompts), drop_finished=False)
     batch = tokenize_left(tok, prompts, torch.device("cpu"))
     batch.pop("position_ids")
-    rows = free._new_tokens(batch, s, dict(vectors or {}))
+    rows = free._new_tokens(batch, s, dict(vectors or {}), tqdm(disable=True))
     return sorted({rows[0][2], rows[2][6]})
 
 
@@ -140,3 +141,56 @@ def test_a_model_generate_must_cache_itself_falls_back_to_generate(
     backend = HFBackend(model, tok, stop_ids=[], batch_size=2)
     got = backend.generate([render_prompt(tok, "Hi!")], Sampling(max_new_tokens=3))
     assert not called and got[0].token_count == 3
+
+
+def test_sampled_tokens_equal_generate_while_no_row_leaves(tiny_model: Any) -> None:
+    """With every row running to the budget the random stream is consumed as in generate:
+    the same samples, so temperature, top-p and their order match generate's."""
+    model, tok = tiny_model
+    prompts = [render_prompt(tok, q) for q in QUESTIONS[:4]]
+    stops = _stops_ending_rows_early(tiny_model, prompts, Sampling(max_new_tokens=10))
+    for s in (
+        Sampling(max_new_tokens=10, temperature=0.7, top_p=0.8, seed=1, ignore_eos=True),
+        Sampling(max_new_tokens=10, temperature=1.3, seed=2, ignore_eos=True),
+    ):
+        ours = HFBackend(model, tok, stop_ids=stops, batch_size=4).generate(prompts, s)
+        theirs = HFBackend(model, tok, stop_ids=stops, batch_size=4, drop_finished=False)
+        assert ours == theirs.generate(prompts, s)
+
+
+def test_a_config_processor_the_loop_lacks_sends_decoding_to_generate(tiny_model: Any) -> None:
+    import copy
+
+    from icon2.engines.decode import loop_fits
+
+    model, tok = tiny_model
+    assert loop_fits(model)
+    banned = copy.deepcopy(model)
+    banned.generation_config.no_repeat_ngram_size = 2
+    assert not loop_fits(banned)
+    assert HFBackend(banned, tok, stop_ids=[], batch_size=2)._loop_argument is None
+    assert HFBackend(model, tok, stop_ids=[], batch_size=2)._loop_argument is not None
+
+
+def test_progress_counts_rows_as_they_end(tiny_model: Any) -> None:
+    from icon2.engines.decode import decode_dropping_finished
+    from icon2.engines.kv_cache import cache_argument, reserved_cache
+
+    model, tok = tiny_model
+    prompts = [render_prompt(tok, q) for q in QUESTIONS]
+    s = Sampling(max_new_tokens=20)
+    stops = _stops_ending_rows_early(tiny_model, prompts, s)
+    batch = tokenize_left(tok, prompts, torch.device("cpu"))
+    batch.pop("position_ids")
+    calls: list[int] = []
+    rows = decode_dropping_finished(
+        model,
+        batch,
+        s,
+        stop_ids=stops,
+        cache=reserved_cache(model, s.max_new_tokens),
+        cache_argument=str(cache_argument(model)),
+        on_finished=calls.append,
+    )
+    ended = sum(1 for r in rows if r and r[-1] in stops)
+    assert sum(calls) == ended > 0 and len(calls) > 1  # reported step by step, each row once

@@ -68,7 +68,9 @@ def _cuda_probe() -> tuple[bool, str]:
     """(bf16 supported, device name) of the current CUDA device."""
     import torch
 
-    return bool(torch.cuda.is_bf16_supported()), str(torch.cuda.get_device_name())
+    # including_emulation=False: pre-Ampere GPUs (V100, T4) run bf16 only by emulation.
+    ok = torch.cuda.is_bf16_supported(including_emulation=False)
+    return bool(ok), str(torch.cuda.get_device_name())
 
 
 def compute_device(device: str) -> Device:

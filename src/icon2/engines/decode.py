@@ -17,7 +17,7 @@ consumed by fewer rows once some finish, so samples equal ``generate``'s only un
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import cast
 
 import torch
@@ -34,8 +34,34 @@ from transformers.generation.logits_process import (
 from icon2.engines.base import Sampling
 from icon2.model.hooks import steer
 
+#: Generation-config fields that make ``generate`` add processors this loop does not build;
+#: a checkpoint that sets any of them decodes with ``generate`` (:func:`loop_fits`).
+_CONFIG_PROCESSORS = (
+    "no_repeat_ngram_size",
+    "bad_words_ids",
+    "suppress_tokens",
+    "begin_suppress_tokens",
+    "sequence_bias",
+    "min_length",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "exponential_decay_length_penalty",
+)
 
-def logits_processors(s: Sampling, stop_ids: Sequence[int], prompt_len: int) -> LogitsProcessorList:
+
+def loop_fits(model: PreTrainedModel) -> bool:
+    """Whether this loop decodes ``model`` as ``generate`` would: a model of transformers'
+    own (remote code may need ``generate``'s ``cache_position``) whose generation config
+    adds no processor beyond the ones built here."""
+    if not type(model).__module__.startswith("transformers."):
+        return False
+    config = getattr(model, "generation_config", None)
+    return not any(getattr(config, name, None) for name in _CONFIG_PROCESSORS)
+
+
+def logits_processors(
+    s: Sampling, stop_ids: Sequence[int], prompt_len: int, device: torch.device
+) -> LogitsProcessorList:
     """``generate``'s processors for these settings, in ``generate``'s order."""
     out = LogitsProcessorList()
     if s.repetition_penalty != 1.0:
@@ -46,6 +72,7 @@ def logits_processors(s: Sampling, stop_ids: Sequence[int], prompt_len: int) -> 
                 prompt_length_to_skip=prompt_len,
                 min_new_tokens=s.max_new_tokens,
                 eos_token_id=list(stop_ids),
+                device=str(device),
             )
         )
     if s.temperature > 0:
@@ -67,6 +94,7 @@ def decode_dropping_finished(
     cache_argument: str,
     vectors: Mapping[int, torch.Tensor] | None = None,
     min_drop: float = 0.125,
+    on_finished: Callable[[int], object] | None = None,
 ) -> list[list[int]]:
     """New token ids per row of a left-padded ``batch`` (stop token included when hit).
 
@@ -79,14 +107,15 @@ def decode_dropping_finished(
         vectors: 1-based layer → [B, d] steering rows, added at every position.
         min_drop: Rows leave the batch once at least this share of it has finished (each
             removal copies the cache, so it waits for a few rows at a time).
+        on_finished: Called with the number of rows that ended at each step (progress).
     """
     ids, mask = batch["input_ids"], batch["attention_mask"]
     rows, prompt_len = ids.shape
     alive = torch.arange(rows, device=ids.device)
     finished = torch.zeros(rows, dtype=torch.bool, device=ids.device)
-    stops = torch.tensor(list(stop_ids), device=ids.device)
-    steering = dict(vectors or {})
-    processors = logits_processors(s, stop_ids, prompt_len)
+    stops = torch.tensor(list(stop_ids), dtype=torch.long, device=ids.device)
+    steering = {layer: v.to(ids.device) for layer, v in (vectors or {}).items()}
+    processors = logits_processors(s, stop_ids, prompt_len, ids.device)
     out: list[list[int]] = [[] for _ in range(rows)]
     seqs, step_ids = ids, ids
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -109,7 +138,10 @@ def decode_dropping_finished(
             if not finished[row]:
                 out[row].append(token)
         if not s.ignore_eos:
-            finished[alive] |= torch.isin(new, stops)
+            ended = torch.isin(new, stops) & ~finished[alive]
+            finished[alive] |= ended
+            if on_finished is not None and bool(ended.any()):
+                on_finished(int(ended.sum()))
         if step + 1 == s.max_new_tokens or bool(finished[alive].all()):
             break
         seqs = torch.cat([seqs, new[:, None]], dim=-1)

@@ -18,7 +18,7 @@ from transformers.cache_utils import DynamicCache
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from icon2.engines.base import Generation, Sampling
-from icon2.engines.decode import decode_dropping_finished
+from icon2.engines.decode import decode_dropping_finished, loop_fits
 from icon2.engines.kv_cache import cache_argument, reserved_cache
 from icon2.model.chat import end_of_turn_ids
 from icon2.model.hooks import steer, tokenize_left
@@ -53,7 +53,7 @@ class HFBackend:
         self.batch_size = batch_size
         self.kv_cache = kv_cache
         self._cache_argument = cache_argument(model) if kv_cache == "reserved" else None
-        self._loop_argument = cache_argument(model) if drop_finished else None
+        self._loop_argument = cache_argument(model) if drop_finished and loop_fits(model) else None
 
     @torch.no_grad()
     def generate(
@@ -64,12 +64,11 @@ class HFBackend:
         vectors: Mapping[int, torch.Tensor] | None = None,
         desc: str | None = None,
     ) -> list[Generation]:
-        device = next(self.model.parameters()).device
         lengths = [len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
         order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
         out: list[Generation | None] = [None] * len(prompts)
         starts = range(0, len(order), self.batch_size)
-        if desc is not None:  # what will happen, before the first (slowest) batch starts
+        if desc is not None:  # what will happen, before the first batch starts
             print(
                 f"{desc}: {len(prompts)} prompts x <= {sampling.max_new_tokens} new tokens, HF "
                 f"engine ({self.model.dtype}, {len(starts)} batches of <= {self.batch_size}, "
@@ -77,22 +76,38 @@ class HFBackend:
                 file=sys.stderr,
                 flush=True,
             )
-        bar = tqdm(total=len(prompts), desc=desc, disable=desc is None, unit="prompt")
-        for n, start in enumerate(starts):
+        with tqdm(total=len(prompts), desc=desc, disable=desc is None, unit="prompt") as bar:
+            self._batches(prompts, sampling, vectors, order, out, bar)
+        return [g for g in out if g is not None]
+
+    def _batches(
+        self,
+        prompts: Sequence[str],
+        sampling: Sampling,
+        vectors: Mapping[int, torch.Tensor] | None,
+        order: list[int],
+        out: list[Generation | None],
+        bar: tqdm,
+    ) -> None:
+        device = next(self.model.parameters()).device
+        for n, start in enumerate(range(0, len(order), self.batch_size)):
             idx = order[start : start + self.batch_size]
             batch = tokenize_left(self.tokenizer, [prompts[i] for i in idx], device)
             batch.pop("position_ids")  # generate derives positions from the attention mask
             rows = {} if vectors is None else {k: v[idx] for k, v in vectors.items()}
             # One seed per batch index: identical requests give identical outputs.
             torch.manual_seed(sampling.seed + n)
-            for i, new in zip(idx, self._new_tokens(batch, sampling, rows), strict=True):
+            ended = bar.n
+            for i, new in zip(idx, self._new_tokens(batch, sampling, rows, bar), strict=True):
                 out[i] = self._decode(new)
-            bar.update(len(idx))
-        bar.close()
-        return [g for g in out if g is not None]
+            bar.update(len(idx) - (bar.n - ended))  # the rows that ran to the budget
 
     def _new_tokens(
-        self, batch: dict[str, torch.Tensor], sampling: Sampling, rows: dict[int, torch.Tensor]
+        self,
+        batch: dict[str, torch.Tensor],
+        sampling: Sampling,
+        rows: dict[int, torch.Tensor],
+        bar: tqdm,
     ) -> list[list[int]]:
         if self._loop_argument is not None:
             return decode_dropping_finished(
@@ -105,6 +120,7 @@ class HFBackend:
                 else DynamicCache(config=self.model.config.get_text_config(decoder=True)),
                 cache_argument=self._loop_argument,
                 vectors=rows,
+                on_finished=bar.update,  # progress as answers end, not only per batch
             )
         kwargs = self._kwargs(sampling)
         if self._cache_argument is not None:
