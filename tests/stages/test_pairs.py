@@ -33,8 +33,9 @@ def chain(tiny_stage_model: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     data["synthesize"].update(
         count=24, max_new_tokens=24, batch_size=8, min_chars=1, near_dup_threshold=None
     )
-    # Sampling makes the random tiny model end its turn often enough to keep some pairs.
-    data["pairs"].update(max_new_tokens=40, batch_size=8, layers=[2], temperature=1.0)
+    # Sampling makes the random tiny model end its turn often enough to keep some pairs; at
+    # 40 tokens that held for one random stream only (generate's), at 96 for both engines'.
+    data["pairs"].update(max_new_tokens=96, batch_size=8, layers=[2], temperature=1.0)
     data["filter"].update(value=1.0, validation_fraction=0.25)
     params = root / "params.yaml"
     params.write_text(yaml.safe_dump(data))
