@@ -1,5 +1,6 @@
-"""Stage `compare`: one table over the methods — pairs, cost, reward accuracy, direction
-shift, win rate, LC win rate (and whether the judge could tell the answers apart)."""
+"""Stage `compare`: one table over the methods — pairs, cost, reward accuracy on the common
+held-out set, direction shift per criterion (each with its 95 % CI), win rate, LC win rate
+(and whether the judge could tell the answers apart)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import typer
 
 from icon2.core.errors import InputError
 from icon2.core.io import atomic_path, write_csv
-from icon2.evaluate.methods import TABLE_SCHEMA, method_row, to_markdown
+from icon2.evaluate.methods import method_row, table_schema, to_markdown
 from icon2.stage import open_stage, user_errors
 
 
@@ -46,9 +47,10 @@ def main(
                 _json(folder / "signals.json"),
                 _json(folder / "evaluate.json"),
                 costs.get(method),
+                p.directions.criteria,
             )
         )
-    frame = pl.DataFrame(rows, schema=TABLE_SCHEMA)
+    frame = pl.DataFrame(rows, schema=table_schema(p.directions.criteria))
     write_csv(table, frame)
     text = to_markdown(frame)
     with atomic_path(markdown) as tmp:

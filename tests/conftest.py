@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -82,5 +83,24 @@ def tiny_stage_model(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: P
     params.write_text(yaml.safe_dump(data))
     out = root / "model"
     result = run_stage("model", "--out", out, "--params", params)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_stage_directions(tmp_path_factory: pytest.TempPathFactory, tiny_stage_model: Path) -> Path:
+    """The `directions` stage's output for the tiny stage model (built once per session)."""
+    root = tmp_path_factory.mktemp("stage_directions")
+    features = root / "features.jsonl"
+    questions = ["What is the capital of France?", "Write a poem.", "Sort a list.", "Why?"]
+    features.write_text("".join(json.dumps({"instruction": q}) + "\n" for q in questions))
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    data["directions"]["batch_size"] = 4
+    params = root / "params.yaml"
+    params.write_text(yaml.safe_dump(data))
+    out = root / "directions.safetensors"
+    args = ["--model-dir", tiny_stage_model, "--features", features, "--out", out]
+    args += ["--metrics", root / "m.json", "--plots", root / "evr", "--params", params]
+    result = run_stage("directions", *args)
     assert result.exit_code == 0, result.output
     return out

@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from icon2.core.errors import InputError
 from icon2.evaluate.signals import (
     HeldOut,
-    answer_states,
-    direction_shift,
+    common_held_out,
     held_out,
     held_out_reward,
     judge_discrimination,
     judge_free_signals,
-    projections,
-    read_answers,
     reward_accuracy,
     signals_line,
-    summarize_shift,
 )
-from icon2.steps.direction_file import DirectionFile
-from icon2.steps.directions import CriterionDirections
+from icon2.model.logprobs import response_logps
 
 
 def test_reward_accuracy_counts_strict_wins() -> None:
@@ -43,33 +37,6 @@ def test_reward_accuracy_counts_strict_wins() -> None:
         reward_accuracy(pc, pr[:2], rc, rr, beta=0.1)
     with pytest.raises(ValueError, match="beta"):
         reward_accuracy(pc, pr, rc, rr, beta=0.0)
-
-
-def test_projection_is_layer_mean_of_scaled_dot_products() -> None:
-    torch.manual_seed(0)
-    states = torch.randn(5, 3, 8)
-    dirs = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
-    scale = torch.tensor([1.0, 2.0, 4.0])
-    got = projections(states, dirs, scale)
-    want = [
-        sum(float(states[i, k] @ dirs[k]) / float(scale[k]) for k in range(3)) / 3 for i in range(5)
-    ]
-    torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64))
-    with pytest.raises(ValueError, match="do not match"):
-        projections(states, dirs[:2])
-    with pytest.raises(ValueError, match="positive"):
-        projections(states, dirs, torch.zeros(3))
-
-
-def test_direction_shift_of_a_pushed_copy() -> None:
-    torch.manual_seed(1)
-    base = torch.randn(10, 2, 4)
-    u = torch.nn.functional.normalize(torch.randn(2, 4), dim=1)
-    trained = base + 0.5 * u  # every answer moved half a unit along u at every layer
-    shift = direction_shift({"honesty": projections(trained, u)}, {"honesty": projections(base, u)})
-    assert shift["honesty"]["shift"] == pytest.approx(0.5)
-    assert shift["honesty"]["share_up"] == 1.0
-    assert summarize_shift(shift)["direction_shift"] == pytest.approx(0.5)
 
 
 def test_judge_discrimination_matches_the_tie_rule() -> None:
@@ -112,104 +79,82 @@ def test_held_out_reads_the_validation_split() -> None:
         held_out(_pairs([("validation", "a", "q", "c", "r"), ("validation", None, "q", "c", "r")]))
 
 
-def test_read_answers_refuses_an_empty_sample_file(tmp_path: Path) -> None:
-    path = tmp_path / "samples.jsonl"
-    path.write_text(json.dumps({"instruction": "q", "trained": "a", "base": "b"}) + "\n\n")
-    assert read_answers(path) == [{"instruction": "q", "trained": "a", "base": "b"}]
-    path.write_text("\n")
-    with pytest.raises(InputError, match=r"no answers to read; raise evaluate\.samples"):
-        read_answers(path)
+def test_common_held_out_pools_every_methods_validation_pairs() -> None:
+    a = _pairs([("validation", "s", "q1", "c1", "r1"), ("train", "s", "q0", "c0", "r0")])
+    b = _pairs([("validation", "s", "q2", "c2", "r2"), ("validation", "s", "q1", "c1", "r1")])
+    held = common_held_out({"a": a, "b": b})
+    assert held == HeldOut(["q1", "q2"], ["c1", "c2"], ["r1", "r2"], "s")  # q1 counted once
+    # The same set whatever method is being scored: the order of the tables only orders it.
+    assert sorted(common_held_out({"b": b, "a": a}).user) == sorted(held.user)
+    with pytest.raises(InputError, match="common held-out set is empty"):
+        common_held_out({"a": _pairs([("train", "s", "q", "c", "r")])})
+    c = _pairs([("validation", "other", "q3", "c3", "r3")])
+    with pytest.raises(InputError, match="different system prompts"):
+        common_held_out({"a": a, "c": c})
 
 
-def _dfile(d: int = 64) -> DirectionFile:
-    torch.manual_seed(0)
-    crit = {
-        c: CriterionDirections(
-            direction=torch.nn.functional.normalize(torch.randn(3, d), dim=1),
-            evr=torch.ones(3),
-            contrastive_norm=torch.tensor([1.0, 2.0, 4.0]),
-            hidden_norm=torch.ones(3),
-            mean_projection=torch.zeros(3),
-        )
-        for c in ("honesty", "general")
+def _nudged(model_dir: Any, scale: float) -> Any:
+    """A copy of the tiny model whose LM head is perturbed (seeded): another policy."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        w = model.get_output_embeddings().weight
+        w.add_(scale * torch.randn(w.shape, generator=g))
+    return model
+
+
+def test_held_out_reward_equals_a_hand_computation_and_flips_with_a_swap(
+    tiny_model: Any, tiny_model_dir: Any
+) -> None:
+    base, tok = tiny_model
+    trained = _nudged(tiny_model_dir, 0.5)
+    held = HeldOut(
+        ["Name a prime.", "Capital of France?", "Say hi.", "Sort a list."],
+        ["2.", "Paris.", "Hello there!", "Use sorted()."],
+        ["4.", "Rome is.", "No.", "By hand, slowly."],
+        None,
+    )
+    kw: dict[str, Any] = {"beta": 0.1, "batch_size": 2, "seed": 0, "resamples": 500}
+    out = held_out_reward(trained, base, tok, held, **kw)
+    logp = {
+        (name, side): response_logps(m, tok, held.user, ys, batch_size=2)[0].numpy()
+        for name, m in (("t", trained), ("b", base))
+        for side, ys in (("c", held.chosen), ("r", held.rejected))
     }
-    return DirectionFile(layers=[1, 2, 3], criteria=crit, meta={})
+    margin = 0.1 * ((logp["t", "c"] - logp["b", "c"]) - (logp["t", "r"] - logp["b", "r"]))
+    assert out["reward_accuracy"] == pytest.approx(float(np.mean(margin > 0)))
+    assert out["reward_margin"] == pytest.approx(float(margin.mean()))
+    assert out["reward_margin_low"] <= out["reward_margin"] <= out["reward_margin_high"]
+    assert 0 < out["reward_accuracy"] < 1  # the case can tell a swap apart
+    swapped = HeldOut(held.user, held.rejected, held.chosen, None)
+    flipped = held_out_reward(trained, base, tok, swapped, **kw)
+    assert flipped["reward_accuracy"] == pytest.approx(1 - out["reward_accuracy"])
+    assert flipped["reward_margin"] == pytest.approx(-out["reward_margin"])
+    # Roles swapped (the starting model scored against the trained one): the margin flips.
+    roles = held_out_reward(base, trained, tok, held, **kw)
+    assert roles["reward_margin"] == pytest.approx(-out["reward_margin"])
 
 
 def test_signals_of_a_model_against_itself(tiny_model: Any) -> None:
     model, tok = tiny_model
     held = HeldOut(["Name a prime."], ["2."], ["4."], None)
-    assert (
-        held_out_reward(model, model, tok, HeldOut([], [], [], None), beta=0.1, batch_size=2) == {}
-    )
-    assert held_out_reward(model, model, tok, held, beta=0.1, batch_size=2) == {
-        "reward_accuracy": 0.0,  # π = π_ref: every implicit reward is 0, no pair is won
-        "reward_margin": 0.0,
-    }
-    answers = [
-        {"instruction": "Say hello.", "trained": "Hello!", "base": "Hello!"},
-        {"instruction": "Sort a list.", "trained": "sorted()", "base": "sorted()"},
-    ]
-    states = answer_states(model, tok, answers, "trained", layers=[2, 3], system="s", batch_size=2)
-    assert states.shape == (2, 2, 64)
-    out = judge_free_signals(
-        model,
-        model,
-        tok,
-        held=held,
-        answers=answers,
-        dfile=_dfile(),
-        layers=[2, 3],
-        tie_rate=0.25,
-        beta=0.1,
-        system="s",
-        batch_size=2,
-    )
-    # The same answers re-read by the same model: no shift.
+    kw: dict[str, Any] = {"beta": 0.1, "batch_size": 2, "seed": 0, "resamples": 200}
+    assert held_out_reward(model, model, tok, HeldOut([], [], [], None), **kw) == {}
+    out = judge_free_signals(model, model, tok, held=held, tie_rate=0.25, **kw)
+    # π = π_ref: every implicit reward is 0, no pair is won.
     assert out == {
         "held_out_pairs": 1,
         "reward_accuracy": 0.0,
+        "reward_accuracy_low": 0.0,
+        "reward_accuracy_high": 0.0,
         "reward_margin": 0.0,
-        "answers": 2,
-        "direction_shift": 0.0,
-        "direction_shift_honesty": 0.0,
-        "direction_shift_general": 0.0,
+        "reward_margin_low": 0.0,
+        "reward_margin_high": 0.0,
         "judge_discrimination": 0.75,
     }
     assert signals_line(out) == (
-        "signals: held-out reward accuracy 0.000, direction shift +0.0000, "
+        "signals: held-out reward accuracy 0.000 [0.000, 0.000] on 1 pairs, "
         "judge discrimination 0.750"
     )
     no_pairs = {k: v for k, v in out.items() if not k.startswith("reward")}
     assert "reward accuracy n/a" in signals_line(no_pairs)
-
-
-def test_direction_shift_reads_both_answers_with_the_starting_model(tiny_model: Any) -> None:
-    model, tok = tiny_model
-    answers = [
-        {"instruction": "Say hello.", "trained": "Hello there, friend!", "base": "Hi."},
-        {"instruction": "Sort a list.", "trained": "Use sorted().", "base": "No."},
-    ]
-    dfile, layers = _dfile(), [1, 3]
-    out = judge_free_signals(
-        model,
-        model,
-        tok,
-        held=HeldOut([], [], [], None),
-        answers=answers,
-        dfile=dfile,
-        layers=layers,
-        tie_rate=1.0,
-        beta=0.1,
-        system=None,
-        batch_size=1,
-    )
-    assert "reward_accuracy" not in out and out["judge_discrimination"] == 0.0
-    u = dfile.criteria["honesty"].direction[[0, 2]]
-    s = dfile.criteria["honesty"].contrastive_norm[[0, 2]]
-    read = {
-        k: answer_states(model, tok, answers, k, layers=layers, system=None, batch_size=1)
-        for k in ("trained", "base")
-    }
-    want = (projections(read["trained"], u, s) - projections(read["base"], u, s)).mean()
-    assert out["direction_shift_honesty"] == pytest.approx(float(want)) != 0.0

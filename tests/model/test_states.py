@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from icon2.core.errors import ModelError
-from icon2.model.chat import pre_query_template, render_prompt
-from icon2.model.states import last_token_states
+from icon2.model.chat import end_of_turn_ids, pre_query_template, render_prompt
+from icon2.model.states import answer_token_means, last_token_states
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -62,3 +62,40 @@ def test_layer_outside_model_is_an_error(tiny_model: Any) -> None:
     model, tok = tiny_model
     with pytest.raises(ModelError, match=r"layer\(s\) \[4\] are outside the model.*1\.\.3"):
         last_token_states(model, tok, ["x"], layers=[1, 4])
+
+
+ANSWERS = ["Paris.", "Roses are red, violets are blue.", "sorted(xs, key=len)", "84", ""]
+
+
+def test_answer_token_means_average_exactly_the_answer_tokens(tiny_model: Any) -> None:
+    model, tok = tiny_model
+    system = "You are an honest assistant."
+    got = answer_token_means(
+        model, tok, QUESTIONS, ANSWERS, layers=[1, 3], system=system, batch_size=3
+    )
+    assert got.shape == (5, 2, 64)
+    for i in range(4):
+        p = tok(render_prompt(tok, QUESTIONS[i], system), add_special_tokens=False)["input_ids"]
+        a = tok(ANSWERS[i], add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            hs = model(torch.tensor([p + a]), output_hidden_states=True).hidden_states
+        # Layer 3 is the last: HF's hidden_states[-1] is after the final norm, so compare
+        # layer 1 with hidden_states and check layer 3 by its own one-row read.
+        want = hs[1][0, len(p) :].mean(dim=0)
+        torch.testing.assert_close(got[i, 0], want, rtol=1e-4, atol=1e-5)
+        # Not the prompt's tokens, not an end-of-turn token appended to the answer.
+        with_prompt = hs[1][0].mean(dim=0)
+        assert not torch.allclose(got[i, 0], with_prompt, atol=1e-3)
+        eot = end_of_turn_ids(tok)[0]
+        with torch.no_grad():
+            hs2 = model(torch.tensor([p + a + [eot]]), output_hidden_states=True).hidden_states
+        assert not torch.allclose(got[i, 0], hs2[1][0, len(p) :].mean(dim=0), atol=1e-3)
+        one = answer_token_means(
+            model, tok, [QUESTIONS[i]], [ANSWERS[i]], layers=[3], system=system, batch_size=1
+        )
+        torch.testing.assert_close(got[i, 1], one[0, 0], rtol=1e-4, atol=1e-5)
+    assert torch.isnan(got[4]).all()  # an empty answer has no token to average
+    with pytest.raises(ValueError, match="5 prompts but 4 answers"):
+        answer_token_means(
+            model, tok, QUESTIONS, ANSWERS[:4], layers=[1], system=None, batch_size=2
+        )

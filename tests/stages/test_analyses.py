@@ -126,24 +126,24 @@ def test_sensitivity_compares_feature_sets(comp: dict[str, Any], tmp_path: Path)
     assert set(cos["source"]) == {"same", "half"} and set(cos["layer"]) == {1, 2}
 
 
-def test_signals_of_the_starting_model_against_itself(
+def test_signals_score_every_method_on_the_common_held_out_set(
     comp: dict[str, Any],  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    pairs = _pairs(
-        tmp_path / "pairs.parquet",
+    ours = _pairs(
+        tmp_path / "a.parquet",
         [
             ("train", "Sort a list.", "Use sorted().", "Do it by hand."),
             ("validation", "Name a prime.", "2.", "4."),
-            ("validation", "Capital of France?", "Paris.", "Rome."),
         ],
     )
-    samples = tmp_path / "samples.jsonl"
-    rows = [
-        {"instruction": "Name a prime.", "trained": "Two.", "base": "Seven."},
-        {"instruction": "Say hello.", "trained": "Hello!", "base": "Hi."},
-    ]
-    samples.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    theirs = _pairs(
+        tmp_path / "b.parquet",
+        [
+            ("validation", "Capital of France?", "Paris.", "Rome."),
+            ("validation", "Name a prime.", "2.", "4."),  # the same pair: counted once
+        ],
+    )
     evaluation = tmp_path / "evaluate.json"
     evaluation.write_text(json.dumps({"tie_rate": 1.0, "win_rate": 0.5}))
     r = run_stage(
@@ -152,12 +152,10 @@ def test_signals_of_the_starting_model_against_itself(
         comp["model"],
         "--trained-dir",
         comp["model"],
-        "--directions",
-        comp["directions"],
-        "--pairs",
-        pairs,
-        "--samples",
-        samples,
+        "--heldout",
+        ours,
+        "--heldout",
+        theirs,
         "--evaluation",
         evaluation,
         "--out",
@@ -169,9 +167,24 @@ def test_signals_of_the_starting_model_against_itself(
     s = json.loads((tmp_path / "s.json").read_text())
     # π = π_ref: every implicit reward is 0, no pair is won; a blind judge shows as 0.
     assert s["held_out_pairs"] == 2 and s["reward_accuracy"] == 0.0 and s["reward_margin"] == 0
-    assert s["judge_discrimination"] == 0.0 and s["answers"] == 2
-    # The same model re-reads different answers: the shift is their projection difference.
-    assert {f"direction_shift_{c}" for c in ("honesty", "general")} <= set(s)
+    assert s["reward_accuracy_low"] == s["reward_accuracy_high"] == 0.0
+    assert s["judge_discrimination"] == 0.0
+    # No validation pair anywhere: one clear error, nothing written.
+    none = _pairs(tmp_path / "c.parquet", [("train", "Sort a list.", "a", "b")])
+    out = tmp_path / "s2.json"
+    args = ["--model-dir", comp["model"], "--trained-dir", comp["model"], "--heldout", none]
+    r = run_stage(
+        "signals",
+        *args,
+        "--evaluation",
+        evaluation,
+        "--out",
+        out,
+        "--params",
+        _params(comp, tmp_path),
+    )
+    assert r.exit_code == 2 and "common held-out set is empty" in r.output, r.output
+    assert not out.exists()
 
 
 def test_compare_builds_one_table(comp: dict[str, Any], tmp_path: Path) -> None:  # noqa: F811
@@ -180,12 +193,16 @@ def test_compare_builds_one_table(comp: dict[str, Any], tmp_path: Path) -> None:
         d = tmp_path / "cmp" / m
         d.mkdir(parents=True)
         (d / "train.json").write_text(json.dumps({"train_pairs": 10 + i, "validation_pairs": 2}))
-        (d / "signals.json").write_text(
-            json.dumps(
-                {"reward_accuracy": 0.6 + i / 10, "direction_shift": 0.1, "judge_discrimination": 0}
-            )
-        )
-        (d / "evaluate.json").write_text(json.dumps({"win_rate": 0.5, "lc_win_rate": 0.55}))
+        signals = {"held_out_pairs": 7, "judge_discrimination": 0}
+        for suffix, x in (("", 0.6), ("_low", 0.4), ("_high", 0.8)):
+            signals[f"reward_accuracy{suffix}"] = x + i / 10
+        (d / "signals.json").write_text(json.dumps(signals))
+        evaluation = {"win_rate": 0.5, "lc_win_rate": 0.55, "criteria_moved": 1}
+        evaluation["direction_shift"] = 0.25
+        for c in ("honesty", "harmlessness", "helpfulness", "general"):
+            evaluation.update({f"direction_shift_{c}": 0.25, f"direction_shift_{c}_low": 0.1})
+            evaluation[f"direction_shift_{c}_high"] = 0.4
+        (d / "evaluate.json").write_text(json.dumps(evaluation))
     cost = tmp_path / "cost.csv"
     pl.DataFrame({"method": ["icon2"], "total_hours": [0.01], "total_money": [0.02]}).write_csv(
         cost
@@ -202,6 +219,12 @@ def test_compare_builds_one_table(comp: dict[str, Any], tmp_path: Path) -> None:
     assert table["pairs"].to_list() == [12, 13]
     assert table["device_hours"][1] is None  # no cost records: shown as missing, not 0
     assert "| icon2 | 12 |" in (tmp_path / "t.md").read_text() and "| icon2 | 12 |" in r.output
+    # Every row is scored on the same held-out pairs; each signal carries its CI.
+    assert table["held_out_pairs"].to_list() == [7, 7]
+    assert table["reward_accuracy_low"].to_list() == pytest.approx([0.4, 0.5])
+    assert table["direction_shift_honesty_high"].to_list() == [0.4, 0.4]
+    md = (tmp_path / "t.md").read_text()
+    assert "0.600 [0.400, 0.800]" in md and "reward_accuracy_low" not in md
     # A method whose stages have not run: one clear error naming the file.
     (tmp_path / "cmp" / "icon2" / "signals.json").unlink()
     r = run_stage("compare", *args, "--markdown", tmp_path / "t.md", "--params", params)

@@ -44,6 +44,7 @@ OUTPUTS: dict[str, dict[str, str]] = {
         "samples": "samples.jsonl",
         "details": "details.json",
         "plots": "outcomes.csv",
+        "alpaca_eval": "alpaca",
     },
     "spa": {"out": "spa1"},
 }
@@ -56,7 +57,12 @@ INPUTS: dict[str, list[tuple[str, str]]] = {
     "filter": [("scores", "scores")],
     "pairs": [("model-dir", "model"), ("directions", "directions"), ("kept", "kept")],
     "train": [("model-dir", "model"), ("pairs", "pairs")],
-    "evaluate": [("base-dir", "model"), ("trained-dir", "model"), ("prompts", "kept")],
+    "evaluate": [
+        ("base-dir", "model"),
+        ("trained-dir", "model"),
+        ("prompts", "kept"),
+        ("directions", "directions"),
+    ],
     "spa": [("init-dir", "model"), ("previous", "model"), ("prompts", "kept")],
 }
 

@@ -88,6 +88,7 @@ TRAIN = {
 @pytest.mark.parametrize("loss", ["dpo", "spa", "dro"])
 def test_train_then_evaluate(
     tiny_stage_model: Path,
+    tiny_stage_directions: Path,
     pairs: Path,
     tmp_path: Path,
     write_params: Callable[..., Path],
@@ -138,6 +139,10 @@ def test_train_then_evaluate(
         tmp_path / "details.json",
         "--plots",
         tmp_path / "outcomes.csv",
+        "--directions",
+        tiny_stage_directions,
+        "--alpaca-eval",
+        tmp_path / "alpaca",
         "--params",
         params,
     )
@@ -146,6 +151,20 @@ def test_train_then_evaluate(
     assert ev["n"] == 4 and 0.0 <= ev["win_rate"] <= 1.0 and 0.0 <= ev["lc_win_rate"] <= 1.0
     assert abs(ev["strict_win_rate"] + ev["tie_rate"] + ev["loss_rate"] - 1.0) < 1e-9
     assert len((tmp_path / "samples.jsonl").read_text().splitlines()) == 2
+    # The tiny starting model ends every answer at once: no answer token to re-read, so
+    # the shift is reported as missing (not 0) and no criterion counts as moved.
+    details = json.loads((tmp_path / "details.json").read_text())
+    assert details["direction_shift"]["criteria"]["honesty"]["n"] == 0
+    assert ev["direction_shift_honesty"] is None and ev["criteria_moved"] == 0
+    # Both models' answers in AlpacaEval's format, one row per prompt, in prompt order.
+    model_out = json.loads((tmp_path / "alpaca" / "model_outputs.json").read_text())
+    reference = json.loads((tmp_path / "alpaca" / "reference_outputs.json").read_text())
+    assert [x["instruction"] for x in model_out] == QUESTIONS[:4]
+    assert [x["instruction"] for x in reference] == QUESTIONS[:4]
+    assert set(model_out[0]) == {"instruction", "output", "generator"}
+    assert model_out[0]["generator"] != reference[0]["generator"]
+    samples = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert [x["trained"] for x in samples] == [x["output"] for x in model_out[:2]]
 
 
 def test_pairs_with_empty_text_are_refused(
@@ -158,7 +177,10 @@ def test_pairs_with_empty_text_are_refused(
 
 
 def test_missing_checkpoint_and_bad_prompt_files(
-    tiny_stage_model: Path, tmp_path: Path, write_params: Callable[..., Path]
+    tiny_stage_model: Path,
+    tiny_stage_directions: Path,
+    tmp_path: Path,
+    write_params: Callable[..., Path],
 ) -> None:
     params = write_params()
     prompts = tmp_path / "p.jsonl"
@@ -181,6 +203,10 @@ def test_missing_checkpoint_and_bad_prompt_files(
             tmp_path / "details.json",
             "--plots",
             tmp_path / "o.csv",
+            "--directions",
+            tiny_stage_directions,
+            "--alpaca-eval",
+            tmp_path / "alpaca",
             "--params",
             params,
         )
@@ -199,7 +225,10 @@ def test_missing_checkpoint_and_bad_prompt_files(
 
 
 def test_judge_without_chat_template_is_refused(
-    tiny_stage_model: Path, tmp_path: Path, write_params: Callable[..., Path]
+    tiny_stage_model: Path,
+    tiny_stage_directions: Path,
+    tmp_path: Path,
+    write_params: Callable[..., Path],
 ) -> None:
     plain = build_tiny_model(tmp_path / "plain", chat_template=None)
     params = write_params({"evaluate": {"judge": str(plain), "max_new_tokens": 4}})
@@ -221,6 +250,10 @@ def test_judge_without_chat_template_is_refused(
         tmp_path / "details.json",
         "--plots",
         tmp_path / "o.csv",
+        "--directions",
+        tiny_stage_directions,
+        "--alpaca-eval",
+        tmp_path / "alpaca",
         "--params",
         params,
     )

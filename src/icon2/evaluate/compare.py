@@ -130,6 +130,17 @@ def sample_rows(
     ]
 
 
+def alpaca_eval_rows(
+    instructions: Sequence[str], outputs: Sequence[str], generator: str
+) -> list[dict[str, str]]:
+    """Answers in AlpacaEval's ``model_outputs.json`` format (instruction, output,
+    generator), so AlpacaEval's or Arena-Hard's judge can compare the two models."""
+    return [
+        {"instruction": q, "output": a, "generator": generator}
+        for q, a in zip(instructions, outputs, strict=True)
+    ]
+
+
 def outcome_frame(summary: dict[str, Any]) -> pl.DataFrame:
     """Win / tie / loss rates as plot rows."""
     return pl.DataFrame(

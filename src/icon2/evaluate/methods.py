@@ -7,17 +7,35 @@ from typing import Any
 
 import polars as pl
 
+# Every column with a 95 % CI comes with <column>_low and <column>_high.
+_CI = ("reward_accuracy", "direction_shift")
 TABLE_SCHEMA: dict[str, pl.DataType] = {
     "method": pl.String(),
     "pairs": pl.Int64(),
     "device_hours": pl.Float64(),
     "money": pl.Float64(),
-    "reward_accuracy": pl.Float64(),  # held-out, trained model (DPO implicit reward)
-    "direction_shift": pl.Float64(),  # mean over criteria, in contrastive-norm units
+    # the trained model's DPO implicit reward on the common held-out set (every method's
+    # validation pairs pooled: the same pairs for every row, none trained on)
+    "held_out_pairs": pl.Int64(),
+    "reward_accuracy": pl.Float64(),
+    "reward_accuracy_low": pl.Float64(),
+    "reward_accuracy_high": pl.Float64(),
+    # the trained model's own answers along u, mean over criteria, in starting-answer SDs
+    "direction_shift": pl.Float64(),
+    "criteria_moved": pl.Int64(),  # criteria whose shift CI lies above 0
     "win_rate": pl.Float64(),
     "lc_win_rate": pl.Float64(),
     "judge_discrimination": pl.Float64(),
 }
+
+
+def table_schema(criteria: list[str]) -> dict[str, pl.DataType]:
+    """The table's columns: :data:`TABLE_SCHEMA` plus each criterion's shift and CI."""
+    schema = dict(TABLE_SCHEMA)
+    for c in criteria:
+        for suffix in ("", "_low", "_high"):
+            schema[f"direction_shift_{c}{suffix}"] = pl.Float64()
+    return schema
 
 
 def method_row(
@@ -26,21 +44,28 @@ def method_row(
     signals: Mapping[str, Any],
     evaluation: Mapping[str, Any],
     cost: Mapping[str, Any] | None,
+    criteria: list[str],
 ) -> dict[str, Any]:
     """One row from a method's train, signals and evaluate metrics and its cost-table row
     (None when the cost stage has no records for it)."""
-    return {
+    row: dict[str, Any] = {
         "method": method,
         "pairs": int(train["train_pairs"]) + int(train["validation_pairs"]),
         "device_hours": None if cost is None else float(cost["total_hours"]),
         "money": None if cost is None else float(cost["total_money"]),
-        # None when the method's pairs have no validation split
-        "reward_accuracy": _number(signals.get("reward_accuracy")),
-        "direction_shift": float(signals["direction_shift"]),
+        "held_out_pairs": int(signals["held_out_pairs"]),
+        "criteria_moved": int(evaluation["criteria_moved"]),
+        "direction_shift": _number(evaluation.get("direction_shift")),
         "win_rate": float(evaluation["win_rate"]),
         "lc_win_rate": float(evaluation["lc_win_rate"]),
         "judge_discrimination": float(signals["judge_discrimination"]),
     }
+    for suffix in ("", "_low", "_high"):
+        row[f"reward_accuracy{suffix}"] = _number(signals.get(f"reward_accuracy{suffix}"))
+        for c in criteria:
+            key = f"direction_shift_{c}{suffix}"
+            row[key] = _number(evaluation.get(key))
+    return row
 
 
 def _number(value: Any) -> float | None:
@@ -48,18 +73,26 @@ def _number(value: Any) -> float | None:
 
 
 def to_markdown(table: pl.DataFrame) -> str:
-    """A GitHub-style table; numbers to 3 decimals (device-hours to 4), missing as "–"."""
-    cols = table.columns
+    """A GitHub-style table; a value with a CI as "v [low, high]" in one cell; numbers to
+    3 decimals (device-hours to 4), missing as "–"."""
+    bounds = {c for c in table.columns if c.endswith(("_low", "_high"))}
+    cols = [c for c in table.columns if c not in bounds]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in table.iter_rows(named=True):
         cells = []
         for c in cols:
-            v = row[c]
-            if v is None:
-                cells.append("–")
-            elif isinstance(v, float):
-                cells.append(f"{v:.4f}" if c == "device_hours" else f"{v:.3f}")
-            else:
-                cells.append(str(v))
+            cell = _cell(c, row[c])
+            low, high = row.get(f"{c}_low"), row.get(f"{c}_high")
+            if row[c] is not None and low is not None and high is not None:
+                cell += f" [{_cell(c, low)}, {_cell(c, high)}]"
+            cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(column: str, v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4f}" if column == "device_hours" else f"{v:.3f}"
+    return str(v)

@@ -2,40 +2,32 @@
 
 * **Held-out reward accuracy** — DPO's implicit reward r(x, y) = β[log π_θ(y|x) −
   log π_ref(y|x)] of the trained model (π_ref = the starting model) on held-out pairs; the
-  share of pairs with r(chosen) > r(rejected). 0.5 is chance; the starting model itself
-  has r ≡ 0 and scores 0 (ties are not wins).
-* **Direction shift** — the trained and the starting model answer the same prompts; both
-  answers are re-read by the *starting* model without steering (the directions live in
-  its residual stream) and projected on u^l_c at the controlled layers. The projection at
-  layer l is divided by the layer's mean contrastive-vector norm, so 1.0 is "one positive-
-  vs-negative system prompt's worth", the unit γ is measured in (A4); the shift is the
-  mean over prompts of (trained − starting), averaged over layers, per criterion. A
-  positive shift means training moved the answers towards the positive prompt.
+  share of pairs with r(chosen) > r(rejected), with a bootstrap 95 % CI. 0.5 is chance; the
+  starting model itself has r ≡ 0 and scores 0 (ties are not wins). In the comparison
+  every method is scored on one **common** held-out set — the validation pairs of every
+  method's table, pooled (:func:`common_held_out`) — so that a method whose own pairs are
+  easy does not look better for it: no method trained on any of them.
 * **Judge discrimination** — the share of judgements that are not ties; a blind judge
   (every P ≈ 0.5) scores 0 and its win rates mean nothing.
 
-:func:`judge_free_signals` assembles the ``signals@<method>`` metrics from loaded models.
+The direction shift (the trained model's own answers along u) is in
+:mod:`icon2.evaluate.shift`; the `evaluate` stage measures it.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
-import torch
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from icon2.core.errors import InputError
-from icon2.model.chat import render
+from icon2.evaluate.bootstrap import mean_ci
 from icon2.model.logprobs import response_logps
-from icon2.model.states import last_token_states
-from icon2.steps.direction_file import DirectionFile
 
 
 def reward_accuracy(
@@ -66,65 +58,12 @@ def reward_accuracy(
     }
 
 
-def projections(
-    states: torch.Tensor, directions: torch.Tensor, scale: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Mean over layers of h^l · u^l / s_l → float64 [n].
-
-    Args:
-        states: [n, L, d] last-token states at the controlled layers.
-        directions: [L, d] unit directions of one criterion at the same layers.
-        scale: [L] per-layer unit (e.g. the mean contrastive norm); None = 1.
-    """
-    if states.dim() != 3 or directions.shape != states.shape[1:]:
-        raise ValueError(
-            f"states {tuple(states.shape)} and directions {tuple(directions.shape)} do not match"
-        )
-    proj = torch.einsum("nld,ld->nl", states.double(), directions.double())
-    if scale is not None:
-        if scale.shape != (states.shape[1],) or bool((scale <= 0).any()):
-            raise ValueError("scale must be [L] positive numbers")
-        proj = proj / scale.double()
-    return proj.mean(dim=1)
-
-
-def direction_shift(
-    trained: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor]
-) -> dict[str, dict[str, float]]:
-    """Per criterion: mean projection of trained and starting answers, their paired mean
-    difference, its standard error and the share of prompts where trained > starting."""
-    out: dict[str, dict[str, float]] = {}
-    for c in trained:
-        t, b = trained[c].double(), base[c].double()
-        if t.shape != b.shape or t.dim() != 1 or t.numel() == 0:
-            raise ValueError(f"{c}: expected two [n] projections of one length")
-        d = t - b
-        se = float(d.std(unbiased=True) / d.numel() ** 0.5) if d.numel() > 1 else float("nan")
-        out[c] = {
-            "trained": float(t.mean()),
-            "base": float(b.mean()),
-            "shift": float(d.mean()),
-            "shift_se": se,
-            "share_up": float((d > 0).double().mean()),
-        }
-    return out
-
-
 def judge_discrimination(p_first: np.ndarray, *, tie_margin: float) -> float:
     """Share of judgements with |P − 0.5| > tie_margin (the evaluate stage's tie rule)."""
     p = np.asarray(p_first, dtype=np.float64).reshape(-1)
     if p.size == 0:
         raise ValueError("no judgements")
     return float(np.mean(np.abs(p - 0.5) > tie_margin))
-
-
-def summarize_shift(shift: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
-    """Headline: the mean shift over criteria, plus each criterion's shift."""
-    values = [v["shift"] for v in shift.values()]
-    return {
-        "direction_shift": float(np.mean(values)) if values else 0.0,
-        **{f"direction_shift_{c}": v["shift"] for c, v in shift.items()},
-    }
 
 
 @dataclass(frozen=True)
@@ -161,16 +100,38 @@ def held_out(pairs: pl.DataFrame) -> HeldOut:
     )
 
 
-def read_answers(samples: Path) -> list[dict[str, Any]]:
-    """The evaluate stage's sample rows (JSONL with instruction, trained, base, ...).
+def common_held_out(tables: Mapping[str, pl.DataFrame]) -> HeldOut:
+    """The validation pairs of every table, pooled, each (prompt, chosen, rejected) once,
+    in the order of ``tables`` and their rows.
+
+    Args:
+        tables: source name → pair table (columns split, prompt, chosen, rejected).
 
     Raises:
-        InputError: the file holds no row.
+        InputError: no table has a validation pair, or they use several system turns.
     """
-    answers = [json.loads(line) for line in samples.read_text().splitlines() if line.strip()]
-    if not answers:
-        raise InputError(f"{samples}: no answers to read; raise evaluate.samples")
-    return answers
+    seen: set[tuple[str, str, str]] = set()
+    user: list[str] = []
+    chosen: list[str] = []
+    rejected: list[str] = []
+    systems: set[str | None] = set()
+    for frame in tables.values():
+        h = held_out(frame)
+        if h.user:
+            systems.add(h.system)
+        for row in zip(h.user, h.chosen, h.rejected, strict=True):
+            if row not in seen:
+                seen.add(row)
+                user.append(row[0])
+                chosen.append(row[1])
+                rejected.append(row[2])
+    if not user:
+        raise InputError(
+            f"no validation pairs in {', '.join(tables)}: the common held-out set is empty"
+        )
+    if len(systems) > 1:
+        raise InputError("the held-out pairs of the methods use different system prompts")
+    return HeldOut(user, chosen, rejected, next(iter(systems)))
 
 
 def held_out_reward(
@@ -181,9 +142,12 @@ def held_out_reward(
     *,
     beta: float,
     batch_size: int,
+    seed: int,
+    resamples: int,
 ) -> dict[str, float]:
     """Reward accuracy and mean margin of ``trained`` on ``held``, reference = ``base``
-    (DPO's implicit reward); empty when there is no held-out pair."""
+    (DPO's implicit reward), each with its bootstrap 95 % CI over pairs; empty when there
+    is no held-out pair."""
     if not held.user:
         return {}
     sums = [  # trained on chosen, rejected; then the reference on the same
@@ -191,36 +155,15 @@ def held_out_reward(
         for m in (trained, base)
         for y in (held.chosen, held.rejected)
     ]
-    acc = reward_accuracy(*(s.numpy() for s in sums), beta=beta)
-    return {"reward_accuracy": acc["reward_accuracy"], "reward_margin": acc["reward_margin"]}
-
-
-def answer_states(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    answers: Sequence[Mapping[str, Any]],
-    key: str,
-    *,
-    layers: list[int],
-    system: str | None,
-    batch_size: int,
-) -> torch.Tensor:
-    """[n, L, d] last-token states of ``model`` reading each row's ``instruction`` and its
-    answer ``row[key]`` as a finished conversation (``system`` turn first, if any)."""
-    head = [] if system is None else [{"role": "system", "content": system}]
-    texts = [
-        render(
-            tokenizer,
-            [
-                *head,
-                {"role": "user", "content": a["instruction"]},
-                {"role": "assistant", "content": a[key]},
-            ],
-            add_generation_prompt=False,
-        )
-        for a in answers
-    ]
-    return last_token_states(model, tokenizer, texts, layers=layers, batch_size=batch_size)
+    pc, pr, rc, rr = (x.numpy() for x in sums)
+    reward_accuracy(pc, pr, rc, rr, beta=beta)  # checks the shapes and β
+    margin = beta * ((pc - rc) - (pr - rr))
+    out: dict[str, float] = {}
+    won = (margin > 0).astype(float)
+    for name, values in (("reward_accuracy", won), ("reward_margin", margin)):
+        mean, low, high = mean_ci(values, seed=seed, resamples=resamples)
+        out.update({name: mean, f"{name}_low": low, f"{name}_high": high})
+    return out
 
 
 def judge_free_signals(
@@ -229,33 +172,28 @@ def judge_free_signals(
     tokenizer: PreTrainedTokenizerBase,
     *,
     held: HeldOut,
-    answers: Sequence[Mapping[str, Any]],
-    dfile: DirectionFile,
-    layers: list[int],
     tie_rate: float,
     beta: float,
-    system: str | None,
     batch_size: int,
+    seed: int,
+    resamples: int,
 ) -> dict[str, Any]:
-    """The ``signals@<method>`` metrics: held-out pairs, reward accuracy and margin (when
-    there are held-out pairs), answers, the mean and per-criterion direction shift at
-    ``layers`` (both answers re-read by ``base``, unsteered) and the judge's discrimination
+    """The ``signals@<method>`` metrics: reward accuracy and margin with CIs on the
+    held-out pairs ``held`` (the comparison's common set) and the judge's discrimination
     (1 − ``tie_rate`` of the evaluate stage)."""
     result: dict[str, Any] = {"held_out_pairs": len(held.user)}
-    result.update(held_out_reward(trained, base, tokenizer, held, beta=beta, batch_size=batch_size))
-    read = {
-        k: answer_states(
-            base, tokenizer, answers, k, layers=layers, system=system, batch_size=batch_size
+    result.update(
+        held_out_reward(
+            trained,
+            base,
+            tokenizer,
+            held,
+            beta=beta,
+            batch_size=batch_size,
+            seed=seed,
+            resamples=resamples,
         )
-        for k in ("trained", "base")
-    }
-    rows = [dfile.layers.index(x) for x in layers]
-    dirs = {c: (d.direction[rows], d.contrastive_norm[rows]) for c, d in dfile.criteria.items()}
-    shift = direction_shift(
-        {c: projections(read["trained"], u, s) for c, (u, s) in dirs.items()},
-        {c: projections(read["base"], u, s) for c, (u, s) in dirs.items()},
     )
-    result.update(answers=len(answers), **summarize_shift(shift))
     result["judge_discrimination"] = 1.0 - float(tie_rate)
     return result
 
@@ -263,8 +201,12 @@ def judge_free_signals(
 def signals_line(result: Mapping[str, Any]) -> str:
     """The stage's one-line report of :func:`judge_free_signals`' result."""
     ra = result.get("reward_accuracy")
+    acc = (
+        "n/a"
+        if ra is None
+        else f"{ra:.3f} [{result['reward_accuracy_low']:.3f}, {result['reward_accuracy_high']:.3f}]"
+    )
     return (
-        f"signals: held-out reward accuracy {'n/a' if ra is None else f'{ra:.3f}'}, "
-        f"direction shift {result['direction_shift']:+.4f}, "
+        f"signals: held-out reward accuracy {acc} on {result['held_out_pairs']} pairs, "
         f"judge discrimination {result['judge_discrimination']:.3f}"
     )

@@ -1,8 +1,9 @@
 """The only code that reaches inside a model: decoder-layer lookup and forward hooks.
 
 Two context managers, both removing their hooks in ``finally``:
-- ``capture`` keeps the last-token residual-stream state of some decoder layers (and stops
-  the forward pass after the deepest one);
+- ``capture`` keeps the last-token residual-stream state of some decoder layers, or a
+  weighted mean over positions (e.g. over an answer's tokens), and stops the forward pass
+  after the deepest one;
 - ``steer`` adds a per-layer (optionally per-row) vector to decoder-layer outputs at every
   position the layer computes: the prompt positions in the prefill and each new token
   afterwards (with a KV cache, later steps only compute the new position, whose earlier
@@ -53,8 +54,10 @@ def capture(
     layers: Sequence[int],
     store: dict[int, torch.Tensor],
     last: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> Iterator[None]:
-    """Hook ``layers``; keep position −1 of each (or position ``last[b]`` of row b)."""
+    """Hook ``layers``; keep position −1 of each (or position ``last[b]`` of row b, or with
+    ``weights`` [batch, positions] the weighted mean Σ_t w_bt h_bt / Σ_t w_bt of row b)."""
     blocks = decoder_layers(model)
     deepest = max(layers)
     handles = []
@@ -62,7 +65,11 @@ def capture(
     def make_hook(layer: int) -> Any:
         def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
             hs = layer_output(output)
-            if last is None:
+            if weights is not None:
+                w = weights.to(device=hs.device, dtype=torch.float32)
+                total = (hs.float() * w[..., None]).sum(dim=1)
+                store[layer] = total / w.sum(dim=1, keepdim=True)
+            elif last is None:
                 store[layer] = hs[:, -1, :].float()
             else:
                 store[layer] = hs[torch.arange(hs.shape[0], device=hs.device), last].float()

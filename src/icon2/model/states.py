@@ -1,4 +1,5 @@
-"""Read the last-token residual-stream state of decoder layers, batched and left-padded.
+"""Read residual-stream states of decoder layers: at the last token (batched, left-padded)
+or averaged over an answer's tokens (``answer_token_means``).
 
 Forward hooks keep only position −1 of each hooked layer's output, so memory is
 O(batch × layers × d) instead of every position's states. A hook on the deepest
@@ -17,6 +18,7 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from icon2.core.layers import check_layers
+from icon2.model.chat import render_prompt
 from icon2.model.hooks import StopForward, capture, tokenize_left
 
 
@@ -111,3 +113,60 @@ def _suffix_batch(
     last = torch.tensor([len(r) - 1 for r in rows], device=device)
     batch = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
     return {k: v.to(device) for k, v in batch.items()}, last
+
+
+@torch.no_grad()
+def answer_token_means(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    *,
+    layers: Sequence[int],
+    system: str | None,
+    batch_size: int,
+) -> torch.Tensor:
+    """States ``[n, len(layers), d]`` (float32): the mean over each answer's own tokens of
+    layer l's output, the model reading ``prompts[i]`` (chat template, ``system`` turn
+    first if any, then the assistant header) followed by ``answers[i]``.
+
+    Only the answer's tokens count: not the prompt, not an end-of-turn token (a truncated
+    answer has none, so none is added to any). A row whose answer has no token is NaN.
+    Rows are right-padded: with causal attention a real token never sees the padding.
+    """
+    if len(prompts) != len(answers):
+        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+    n_layers = int(model.config.num_hidden_layers)
+    wanted = list(layers)
+    check_layers(wanted, n_layers, "layers")
+    device = next(model.parameters()).device
+    rows = [
+        (
+            tokenizer(render_prompt(tokenizer, x, system), add_special_tokens=False)["input_ids"],
+            tokenizer(y, add_special_tokens=False)["input_ids"],
+        )
+        for x, y in zip(prompts, answers, strict=True)
+    ]
+    out = torch.full((len(rows), len(wanted), int(model.config.hidden_size)), float("nan"))
+    order = [
+        i for i in sorted(range(len(rows)), key=lambda i: sum(map(len, rows[i]))) if rows[i][1]
+    ]
+    store: dict[int, torch.Tensor] = {}
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(len(rows[i][0]) + len(rows[i][1]) for i in idx)
+        ids = torch.full((len(idx), width), tokenizer.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        weights = torch.zeros(len(idx), width)
+        for b, i in enumerate(idx):
+            p, a = rows[i]
+            ids[b, : len(p) + len(a)] = torch.tensor(p + a)
+            mask[b, : len(p) + len(a)] = 1
+            weights[b, len(p) : len(p) + len(a)] = 1.0
+        store.clear()
+        with capture(model, wanted, store, weights=weights), contextlib.suppress(StopForward):
+            model.base_model(
+                input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False
+            )
+        out[idx] = torch.stack([store[layer] for layer in wanted], dim=1).cpu()
+    return out

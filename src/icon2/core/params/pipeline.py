@@ -194,3 +194,6 @@ class EvaluateParams(_Section):
     reward_model: str | None = None  # local sequence-classifier directory; overrides `judge`
     tie_margin: float = Field(0.05, ge=0.0, lt=0.5)
     samples: int = Field(20, ge=0)
+    # Bootstrap resamples behind every 95 % CI the evaluation signals report (seeded by
+    # base.seed, so the intervals are reproducible).
+    bootstrap: int = Field(2000, ge=100)

@@ -46,7 +46,7 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "filter": ("base.seed", "filter"),
     "pairs": (*_RUNTIME, *_ENGINE, "base.system_prompt", "pairs"),
     "train": (*_RUNTIME, "train"),
-    "evaluate": (*_RUNTIME, *_ENGINE, "base.system_prompt", "evaluate"),
+    "evaluate": (*_RUNTIME, *_ENGINE, "base.system_prompt", "pairs.layers", "evaluate"),
     "spa": (
         *_RUNTIME,
         *_ENGINE,
@@ -77,8 +77,8 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "cost": ("cost",),
     "leakage": ("leakage",),
     "sensitivity": (*_RUNTIME, "directions", "pairs.layers", "sensitivity"),
-    "signals": (*_RUNTIME, "base.system_prompt", "pairs.layers", "train.beta", "evaluate"),
-    "compare": ("compare", "cost"),
+    "signals": (*_RUNTIME, "train.beta", "evaluate"),
+    "compare": ("directions.criteria", "compare", "cost"),
 }
 
 
