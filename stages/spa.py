@@ -62,7 +62,10 @@ def main(
     write_table(out / "pairs.parquet", annotation.table, SPA_PAIR_SCHEMA, meta)
     name = f"{init_card['name']}+spa{iteration}"
     done.save(out / "model", parent=card, name=name, extra={"provenance": meta})
-    write_json(out / "metrics.json", {**annotation.headline(), **curve_metrics(done.result)})
+    trained = {"truncated_trained_without_eot": done.result.trainer.truncated_answers}
+    write_json(
+        out / "metrics.json", {**annotation.headline(), **trained, **curve_metrics(done.result)}
+    )
     typer.echo(f"spa@{iteration}: {len(texts)} prompts -> {annotation.table.height} pairs -> {out}")
 
 

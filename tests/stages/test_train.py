@@ -312,6 +312,9 @@ def test_spa_iteration_self_annotates_and_trains(
     m = json.loads((tmp_path / "it1" / "metrics.json").read_text())
     annotated = pl.read_parquet(tmp_path / "it1" / "pairs.parquet")
     assert m["pairs"] == annotated.height >= 1 and m["tied_rewards"] == 0
+    # Every truncated answer is trained, without an end-of-turn token (tests/train/test_data.py).
+    cut = sum(int((annotated[f"{s}_finish"] == "length").sum()) for s in ("chosen", "rejected"))
+    assert m["truncated_trained_without_eot"] == m["truncated_responses"] == cut
     assert read_provenance(tmp_path / "it1" / "pairs.parquet")["lam"] == 0.5
     # Labels follow the implicit reward: chosen never has the lower reward.
     assert (annotated["reward_chosen"] > annotated["reward_rejected"]).all()

@@ -11,6 +11,9 @@ losses are plain DPO and comparable across variants.
   logits tensor per model.
 * ``dro`` needs each batch pair's row of the worst-case solution (:mod:`icon2.train.batches`
   carries the ``pair_index`` through TRL; :mod:`icon2.train.dro_state` holds the rows).
+
+For every variant, answers flagged truncated are tokenized without the end-of-turn token TRL's
+chat-template rendering appends (:func:`icon2.train.data.tokenize_truncated`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from icon2.train.batches import (
     without_pair_index,
 )
 from icon2.train.callbacks import StepTimer, StepTiming
+from icon2.train.data import tokenize_truncated, truncated_count
 from icon2.train.distributed import (
     GlobalConfidenceWindow,
     gather_confidences,
@@ -128,6 +132,16 @@ class Icon2DPOTrainer(DPOTrainer):
         bad = [name for name, flag in conflicts.items() if flag]
         if bad:
             raise ValueError(f"loss {variant!r} supports only plain sigmoid DPO; unset {bad}")
+
+    def _prepare_dataset(self, dataset: Any, processing_class: Any, *args: Any) -> Any:
+        # TRL renders every conversational answer as an ended turn; a truncated one is not.
+        prepared = super()._prepare_dataset(dataset, processing_class, *args)
+        return tokenize_truncated(prepared, processing_class)
+
+    @property
+    def truncated_answers(self) -> int:
+        """Answers of the training set tokenized without end-of-turn (flagged truncated)."""
+        return truncated_count(self.train_dataset)
 
     @property
     def dro_warmup_steps(self) -> int:
