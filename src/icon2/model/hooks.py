@@ -1,8 +1,10 @@
 """The only code that reaches inside a model: decoder-layer lookup and forward hooks.
 
-Two context managers, both removing their hooks in ``finally``:
+Three context managers, all removing their hooks in ``finally``:
 - ``capture`` keeps the last-token residual-stream state of some decoder layers (and stops
   the forward pass after the deepest one);
+- ``capture_weighted`` keeps a weighted sum over positions instead (e.g. a mean over an
+  answer's tokens), stopping the same way;
 - ``steer`` adds a per-layer (optionally per-row) vector to decoder-layer outputs at every
   position the layer computes: the prompt positions in the prefill and each new token
   afterwards (with a KV cache, later steps only compute the new position, whose earlier
@@ -66,6 +68,37 @@ def capture(
                 store[layer] = hs[:, -1, :].float()
             else:
                 store[layer] = hs[torch.arange(hs.shape[0], device=hs.device), last].float()
+            if layer == deepest:
+                raise StopForward
+
+        return hook
+
+    try:
+        for layer in layers:
+            handles.append(blocks[layer - 1].register_forward_hook(make_hook(layer)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def capture_weighted(
+    model: PreTrainedModel,
+    layers: Sequence[int],
+    store: dict[int, torch.Tensor],
+    weights: torch.Tensor,
+) -> Iterator[None]:
+    """Hook ``layers``; keep Σ_t weights[b, t] · state[b, t] of each row (float32 [b, d]),
+    so a mean over chosen positions never holds every position's states at once."""
+    blocks = decoder_layers(model)
+    deepest = max(layers)
+    handles = []
+
+    def make_hook(layer: int) -> Any:
+        def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+            hs = layer_output(output)
+            store[layer] = torch.einsum("bt,btd->bd", weights.to(hs.device), hs.float())
             if layer == deepest:
                 raise StopForward
 

@@ -1,8 +1,11 @@
-"""Read the last-token residual-stream state of decoder layers, batched and left-padded.
+"""Read residual-stream states of decoder layers, batched.
 
-Forward hooks keep only position −1 of each hooked layer's output, so memory is
-O(batch × layers × d) instead of every position's states. A hook on the deepest
-requested layer stops the forward pass early: layers past it and the LM head never run.
+:func:`last_token_states` reads a rendered prompt's last token (left-padded batches);
+:func:`answer_token_means` the mean over an answer's tokens after its prompt (right-padded).
+Forward hooks keep only what is asked for (position −1, or the weighted sum over the
+answer's positions), so memory is O(batch × layers × d) instead of every position's states.
+A hook on the deepest requested layer stops the forward pass early: layers past it and the
+LM head never run.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from icon2.core.layers import check_layers
-from icon2.model.hooks import StopForward, capture, tokenize_left
+from icon2.model.chat import render_prompt
+from icon2.model.hooks import StopForward, capture, capture_weighted, tokenize_left
 
 
 @torch.no_grad()
@@ -111,3 +115,71 @@ def _suffix_batch(
     last = torch.tensor([len(r) - 1 for r in rows], device=device)
     batch = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
     return {k: v.to(device) for k, v in batch.items()}, last
+
+
+@torch.no_grad()
+def answer_token_means(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    *,
+    layers: Sequence[int],
+    system: str | None,
+    batch_size: int,
+) -> torch.Tensor:
+    """Mean state over each answer's tokens, ``[len(answers), len(layers), d]`` (float32).
+
+    Row i is ``prompts[i]`` rendered with the chat template and ``system`` (generation
+    prompt included), then the tokens of ``answers[i]`` and no end-of-turn token: the answer
+    read back by the model as it stands, without steering. Only the answer's positions enter
+    the mean; the prompt's are context. Prompt and answer are tokenized separately, as the
+    answer was generated after the prompt's tokens.
+
+    Args:
+        prompts: user messages (rendered here).
+        answers: answer texts, each at least one token long.
+        layers: 1-based decoder layers.
+        batch_size: rows per forward pass; rows are length-sorted to limit padding and the
+            result is returned in input order.
+
+    Raises:
+        ValueError: prompts and answers differ in length, or an answer has no tokens.
+    """
+    if len(prompts) != len(answers):
+        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+    wanted = list(layers)
+    check_layers(wanted, int(model.config.num_hidden_layers), "layers")
+    device = next(model.parameters()).device
+    rows = []
+    for i, (x, y) in enumerate(zip(prompts, answers, strict=True)):
+        p = tokenizer(render_prompt(tokenizer, x, system), add_special_tokens=False)["input_ids"]
+        a = tokenizer(y, add_special_tokens=False)["input_ids"]
+        if not a:
+            raise ValueError(f"answer {i} has no tokens: there is nothing to average")
+        rows.append((list(p), list(a)))
+    order = sorted(range(len(rows)), key=lambda i: (sum(map(len, rows[i])), i))
+    out = torch.empty(len(rows), len(wanted), int(model.config.hidden_size))
+    store: dict[int, torch.Tensor] = {}
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(sum(map(len, rows[i])) for i in idx)
+        # Right padding is safe: with causal attention no real token sees the padding.
+        ids = torch.full((len(idx), width), tokenizer.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        weights = torch.zeros(len(idx), width)
+        for b, i in enumerate(idx):
+            p, a = rows[i]
+            ids[b, : len(p) + len(a)] = torch.tensor(p + a)
+            mask[b, : len(p) + len(a)] = 1
+            weights[b, len(p) : len(p) + len(a)] = 1.0 / len(a)
+        store.clear()
+        with (
+            capture_weighted(model, wanted, store, weights.to(device)),
+            contextlib.suppress(StopForward),
+        ):
+            model.base_model(
+                input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False
+            )
+        out[idx] = torch.stack([store[layer] for layer in wanted], dim=1).cpu()
+    return out
