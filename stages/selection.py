@@ -13,7 +13,7 @@ from icon2.core.tables import read_kept, write_table
 from icon2.evaluate.metered import write_cost
 from icon2.stage import load_model, open_stage, user_errors
 from icon2.steps.direction_file import check_same_model, load_directions
-from icon2.steps.grid import layer_ranges, run_grid
+from icon2.steps.grid import layer_ranges, projection_layers, run_grid
 from icon2.steps.selection import SCORED_SCHEMA, apply_command, grid_csv
 
 
@@ -22,7 +22,9 @@ def main(
     model_dir: Annotated[Path, typer.Option(help="Output of the model stage.")],
     directions: Annotated[Path, typer.Option(help="directions.safetensors.")],
     kept: Annotated[Path, typer.Option(help="kept.parquet from the filter stage.")],
-    scored: Annotated[Path, typer.Option(help="Per-pair rewards (Parquet) to write.")],
+    scored: Annotated[
+        Path, typer.Option(help="Per-pair rewards, projections, drops (Parquet) to write.")
+    ],
     grid: Annotated[Path, typer.Option(help="Grid table (CSV, also the plot) to write.")],
     out: Annotated[Path, typer.Option(help="The chosen setting (JSON) to write.")],
     cost: Annotated[Path, typer.Option(help="Cost records (JSON) to write.")],
@@ -33,13 +35,16 @@ def main(
     dfile = load_directions(directions)
     check_same_model(dfile, card, directions)
     ranges = layer_ranges(p.select.layer_ranges, card["num_layers"], dfile, directions)
-    run = run_grid(p, model_dir, model, tokenizer, card["name"], dfile, read_kept(kept), ranges)
+    read_at = projection_layers(p.select.projection_layers, card["num_layers"], dfile, directions)
+    run = run_grid(
+        p, model_dir, model, tokenizer, card["name"], dfile, read_kept(kept), ranges, read_at
+    )
     meta = provenance("selection", p, {"kept": kept, "directions": directions}, card)
     write_table(scored, run.scored, SCORED_SCHEMA, meta)
     write_csv(grid, grid_csv(run.cells))
     write_json(out, run.summary())
     write_cost(cost, run.meters)
-    typer.echo(f"selection: {run.reason}")
+    typer.echo(f"selection ({run.rule.criterion}): {run.reason}")
     apply = apply_command(run.pick)
     if apply:
         typer.echo(f"apply with: {apply}")

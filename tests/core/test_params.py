@@ -30,6 +30,14 @@ def test_repo_params_load() -> None:
             r"directions\.batch_size: .*greater than or equal to 1",
         ),
         ({"directions": {"criteria": ["honesty", "kindness"]}}, r"unknown criterion 'kindness'"),
+        (
+            {"select": {"criterion": "judge"}},
+            r"select\.criterion: .*'reward' or 'projection_gap'.*'judge'",
+        ),
+        (
+            {"select": {"min_kept_fraction": 1.5}},
+            r"select\.min_kept_fraction: .*less than or equal to 1",
+        ),
     ],
 )
 def test_bad_params_name_the_key(

@@ -99,3 +99,25 @@ def test_answer_token_means_average_exactly_the_answer_tokens(tiny_model: Any) -
         answer_token_means(
             model, tok, QUESTIONS, ANSWERS[:4], layers=[1], system=None, batch_size=2
         )
+
+
+def test_answer_token_means_batched_equals_one_at_a_time(tiny_model: Any) -> None:
+    model, tok = tiny_model
+    answers = ANSWERS[:4] + ["Once upon a time a dragon made soup."]
+    batched = answer_token_means(
+        model, tok, QUESTIONS, answers, layers=[3, 1], system=None, batch_size=3
+    )
+    single = torch.cat(
+        [
+            answer_token_means(model, tok, [q], [a], layers=[3, 1], system=None, batch_size=1)
+            for q, a in zip(QUESTIONS, answers, strict=True)
+        ]
+    )
+    torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-5)
+    # The system turn is part of the context the answer is read in.
+    other = answer_token_means(
+        model, tok, QUESTIONS[:1], answers[:1], layers=[1], system="Be brief.", batch_size=1
+    )
+    assert not torch.allclose(other[0, 0], batched[0, 1])
+    with pytest.raises(ModelError, match="outside the model"):
+        answer_token_means(model, tok, ["a"], ["x"], layers=[4], system=None, batch_size=1)

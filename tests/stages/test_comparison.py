@@ -4,6 +4,7 @@ the four baselines, the App. J grid, the cost table, and their bad inputs."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -183,14 +184,21 @@ GRID = {
 
 
 def test_select_scores_the_grid_and_applies_the_rule(comp: dict[str, Any], tmp_path: Path) -> None:
-    r = _select(comp, tmp_path, _params(comp, tmp_path, {"select": {**GRID, "min_share": 0.0}}))
+    over = {"select": {**GRID, "criterion": "reward", "min_share": 0.0, "min_kept_fraction": 0.0}}
+    r = _select(comp, tmp_path, _params(comp, tmp_path, over))
     assert r.exit_code == 0, r.output
     grid = pl.read_csv(tmp_path / "grid.csv")
     assert grid.height == 2 * 2 * 2 and (grid["n"] == 4).all()  # 4 of the 6 train rows
+    drops = grid["dropped_empty"] + grid["dropped_truncated"] + grid["dropped_identical"]
+    assert (grid["kept"] + drops == grid["n"]).all()
     scored = pl.read_parquet(tmp_path / "scored.parquet")
     assert scored.height == 8 * 4
+    kept = scored.filter(pl.col("drop_reason").is_null())
+    assert kept["chosen_projection"].null_count() == 0  # every kept pair's answers were read
     out = json.loads((tmp_path / "selected.json").read_text())
-    assert out["scorer"].startswith("judge:") and out["instructions"] == 4
+    assert out["criterion"] == "reward" and out["instructions"] == 4
+    assert out["scorer"].startswith("judge:") and out["projection_layers"] == [1, 2]
+    assert len(out["settings"]) == 8 and out["settings"]["early:0.5:-0.5"]["n"] == 4
     if out["selected"] is not None:  # min_share 0: picked unless every share is exactly 0
         assert out["apply"].startswith("dvc exp run --set-param pairs.gamma_pos=")
         assert "apply with: dvc exp run" in r.output
@@ -201,17 +209,32 @@ def test_select_scores_the_grid_and_applies_the_rule(comp: dict[str, Any], tmp_p
 def test_select_with_no_setting_above_the_share_picks_none(
     comp: dict[str, Any], tmp_path: Path
 ) -> None:
-    # A share above 0.999 on 4 instructions needs every pair to separate: the scores of a
-    # random model's answers under the tiny judge are not that consistent.
-    over = {"select": {**GRID, "min_share": 0.999, "gamma_pos": [0.5], "gamma_neg": [-0.5]}}
+    # A share above 0.999 on 4 instructions needs every kept pair to separate: a random
+    # model's answers do not read that consistently along a direction (no judge asked).
+    select = {**GRID, "min_share": 0.999, "gamma_pos": [0.5], "gamma_neg": [-0.5]}
+    over = {"select": {**select, "criterion": "projection_gap"}}
     r = _select(comp, tmp_path, _params(comp, tmp_path, over))
     assert r.exit_code == 0, r.output
     out = json.loads((tmp_path / "selected.json").read_text())
+    assert out["criterion"] == "projection_gap" and out["scorer"] is None
     grid = pl.read_csv(tmp_path / "grid.csv")
-    if (grid["win_share"] > 0.999).any():
-        pytest.skip("this random model separated every pair")
+    assert grid["chosen_reward"].null_count() == grid.height
+    if grid["eligible"].any():
+        pytest.skip("this random model separated every kept pair")
     assert out["selected"] is None and out["apply"] is None
     assert "no setting picked" in out["reason"] and "no setting picked" in r.output
+
+
+def test_select_unknown_criterion_is_one_error_line(
+    write_params: Callable[..., Path], tmp_path: Path
+) -> None:
+    # Refused when the params are read, before any input is opened.
+    params = write_params({"select": {"criterion": "judge"}})
+    r = _select({"model": "m", "directions": "d", "kept": "k"}, tmp_path, params)
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    lines = [x for x in r.output.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and "select.criterion" in lines[0], r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
 def test_cost_table_sums_the_stage_records(comp: dict[str, Any], tmp_path: Path) -> None:

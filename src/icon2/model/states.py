@@ -1,9 +1,11 @@
-"""Read residual-stream states of decoder layers: at the last token (batched, left-padded)
-or averaged over an answer's tokens (``answer_token_means``).
+"""Read residual-stream states of decoder layers, batched.
 
-Forward hooks keep only position −1 of each hooked layer's output, so memory is
-O(batch × layers × d) instead of every position's states. A hook on the deepest
-requested layer stops the forward pass early: layers past it and the LM head never run.
+:func:`last_token_states` reads a rendered prompt's last token (left-padded batches);
+:func:`answer_token_means` the mean over an answer's tokens after its prompt (right-padded).
+Forward hooks keep only what is asked for (position −1, or the weighted mean over the
+answer's positions), so memory is O(batch × layers × d) instead of every position's states.
+A hook on the deepest requested layer stops the forward pass early: layers past it and the
+LM head never run.
 """
 
 from __future__ import annotations

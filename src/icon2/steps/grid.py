@@ -3,8 +3,11 @@
 With the same decoding settings, a chosen answer depends only on (range, γ⁺) and a
 rejected answer only on (range, γ⁻), so each instruction needs |ranges| × (|γ⁺| + |γ⁻|)
 generations, not two per cell: the 6 × 6 × 3 paper grid costs 36 generations per
-instruction instead of 216. Every answer is scored once; a cell's pairs are then formed by
-combining its chosen and rejected answers per instruction.
+instruction instead of 216. Every answer is scored once (criterion ``reward`` only: the
+judge-free criterion needs no scorer); a cell's pairs are then formed by combining its
+chosen and rejected answers per instruction and go through A4's drop rule. The answers of
+the pairs A4 keeps are re-read unsteered once each for their projections
+(:mod:`icon2.steps.projection`), whichever the criterion, so every grid reports the gap.
 """
 
 from __future__ import annotations
@@ -26,9 +29,24 @@ from icon2.evaluate.cost import Meter
 from icon2.evaluate.metered import stage_meter
 from icon2.evaluate.scorers import make_scorer
 from icon2.model.chat import render_prompt
-from icon2.steps.baselines import Scorer, drop_reason
-from icon2.steps.direction_file import DirectionFile, GammaScale, steering_vectors
-from icon2.steps.selection import SCORED_SCHEMA, Selection, apply_command, grid_table, select
+from icon2.steps.baselines import Scorer
+from icon2.steps.direction_file import (
+    DirectionFile,
+    GammaScale,
+    controlled_layers,
+    steering_vectors,
+)
+from icon2.steps.pairs import pair_drop_reason
+from icon2.steps.projection import Projector
+from icon2.steps.selection import (
+    SCORED_SCHEMA,
+    Rule,
+    Selection,
+    apply_command,
+    grid_table,
+    per_setting,
+    select,
+)
 
 
 def subsample(kept: pl.DataFrame, n: int, seed: int) -> pl.DataFrame:
@@ -51,7 +69,8 @@ def grid_scores(
     scale: GammaScale,
     sampling: Sampling,
     system: str | None,
-    scorer: Scorer,
+    scorer: Scorer | None,
+    projector: Projector,
     generation: Meter,
     annotation: Meter,
 ) -> pl.DataFrame:
@@ -60,13 +79,15 @@ def grid_scores(
     Args:
         rows: id, instruction, criterion of the subsample.
         ranges: name → 1-based controlled layers.
+        scorer: rates every answer; None leaves the rewards null.
+        projector: projects the answers of the pairs A4 keeps (the others stay null).
     """
     instructions = rows["instruction"].to_list()
     criteria = rows["criterion"].to_list()
     prompts = [render_prompt(tokenizer, x, system) for x in instructions]
     gammas = [*gammas_pos, *gammas_neg]
     n = len(prompts)
-    read_before = int(getattr(scorer, "tokens_read", 0))
+    read_before = int(getattr(scorer, "tokens_read", 0)) + projector.tokens_read
     out: list[dict[str, Any]] = []
     for name, layers in ranges.items():
         vectors = steering_vectors(
@@ -81,36 +102,45 @@ def grid_scores(
             len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts
         )
         texts = [g.text.strip() for g in gens]
-        with annotation:
-            scores = scorer.score(instructions * len(gammas), texts)
-        by_gamma = {
-            (j, i): (gens[j * n + i], float(scores[j * n + i]))
-            for j in range(len(gammas))
+        # Answer k = γ index k // n, instruction k % n; pair (a, b, i) = answers a·n+i, b·n+i.
+        rewards: list[float | None] = [None] * len(texts)
+        if scorer is not None:
+            with annotation:
+                rewards = [float(x) for x in scorer.score(instructions * len(gammas), texts)]
+        cells = [
+            (a, b, i, pair_drop_reason(gens[a * n + i], gens[b * n + i]))
+            for a in range(len(gammas_pos))
+            for b in range(len(gammas_pos), len(gammas))
             for i in range(n)
-        }
-        for a, gp in enumerate(gammas_pos):
-            for b, gn in enumerate(gammas_neg, start=len(gammas_pos)):
-                for i, rid in enumerate(rows["id"].to_list()):
-                    (c, rc), (r, rr) = by_gamma[a, i], by_gamma[b, i]
-                    keep = (
-                        drop_reason(
-                            c.text, r.text, c.finish_reason == "stop", r.finish_reason == "stop"
-                        )
-                        is None
-                    )
-                    out.append(
-                        {
-                            "layer_range": name,
-                            "layers": layers,
-                            "gamma_pos": gp,
-                            "gamma_neg": gn,
-                            "id": rid,
-                            "chosen_reward": rc,
-                            "rejected_reward": rr,
-                            "kept": keep,
-                        }
-                    )
-    annotation.tokens_read += int(getattr(scorer, "tokens_read", 0)) - read_before
+        ]
+        read = sorted({k for a, b, i, why in cells if why is None for k in (a * n + i, b * n + i)})
+        proj: dict[int, float] = {}
+        if read:
+            with annotation:
+                values = projector.project(
+                    [instructions[k % n] for k in read],
+                    [texts[k] for k in read],
+                    [criteria[k % n] for k in read],
+                )
+            proj = dict(zip(read, (float(v) for v in values), strict=True))
+        for a, b, i, why in cells:
+            c, r = a * n + i, b * n + i
+            out.append(
+                {
+                    "layer_range": name,
+                    "layers": layers,
+                    "gamma_pos": gammas[a],
+                    "gamma_neg": gammas[b],
+                    "id": rows["id"][i],
+                    "chosen_reward": rewards[c],
+                    "rejected_reward": rewards[r],
+                    "chosen_projection": None if why else proj[c],
+                    "rejected_projection": None if why else proj[r],
+                    "drop_reason": why,
+                }
+            )
+    read_after = int(getattr(scorer, "tokens_read", 0)) + projector.tokens_read
+    annotation.tokens_read += read_after - read_before
     return pl.DataFrame(out, schema=SCORED_SCHEMA)
 
 
@@ -147,6 +177,14 @@ def layer_ranges(
     }
 
 
+def projection_layers(
+    requested: Sequence[int] | None, num_layers: int, dfile: DirectionFile, path: Path
+) -> list[int]:
+    """Where the projection gap is read: ``select.projection_layers``, or by default the
+    middle third (the default controlled layers); each a layer of the file at ``path``."""
+    return controlled_layers(dfile, requested, num_layers, path, key="select.projection_layers")
+
+
 @dataclass(frozen=True)
 class GridRun:
     """The ``selection`` stage's results."""
@@ -155,19 +193,26 @@ class GridRun:
     cells: pl.DataFrame  # one ``GRID_SCHEMA`` row per grid cell
     pick: Selection | None
     reason: str  # what was picked and why, or why nothing could be
-    scorer: str  # the scorer's name
+    rule: Rule
+    scorer: str | None  # the scorer's name; None when none ran (criterion projection_gap)
+    projection_layers: list[int]  # where the projection gap was read
     instructions: int  # the subsample's size
     meters: list[Meter]  # response generation, preference annotation (cost, A8)
 
     def summary(self) -> dict[str, Any]:
-        """The chosen setting as the stage reports it (``selected.json``)."""
+        """The criterion, the chosen setting and every setting's values (``selected.json``)."""
         return {
+            "criterion": self.rule.criterion,
             "selected": None if self.pick is None else self.pick.to_json(),
             "reason": self.reason,
             "apply": apply_command(self.pick),
+            "min_share": self.rule.min_share,
+            "min_kept_fraction": self.rule.min_kept_fraction,
             "scorer": self.scorer,
+            "projection_layers": self.projection_layers,
             "instructions": self.instructions,
             "cells": self.cells.height,
+            "settings": per_setting(self.cells),
         }
 
 
@@ -180,13 +225,16 @@ def run_grid(
     dfile: DirectionFile,
     kept: pl.DataFrame,
     ranges: Mapping[str, list[int]],
+    read_layers: Sequence[int],
 ) -> GridRun:
     """A6 with the ``select`` section: score the γ⁺ × γ⁻ × ``ranges`` grid on a seeded
-    subsample of ``kept`` (the filter stage's table) and apply the appendix-J rule.
+    subsample of ``kept`` (the filter stage's table) and apply ``select.criterion``'s rule.
 
     Generation uses the ``pairs`` decoding settings (``select.max_new_tokens`` if set) on
-    the engine ``base.engine`` names; answers are scored by the ``baselines`` section's
-    reward model or judge (default: the starting model rating its own answers).
+    the engine ``base.engine`` names. Under criterion ``reward`` answers are scored by the
+    ``baselines`` section's reward model or judge (default: the starting model rating its
+    own answers). Either way the kept pairs' answers are projected at ``read_layers``
+    (:func:`projection_layers`) by the unsteered ``model``, ``pairs.batch_size`` at a time.
     """
     cfg, pc = p.select, p.pairs
     rows = subsample(kept, cfg.instructions, p.base.seed if cfg.seed is None else cfg.seed)
@@ -194,12 +242,23 @@ def run_grid(
     method, device = "icon2 selection", p.base.device
     generation = stage_meter("selection", method, "response generation", device)
     annotation = stage_meter("selection", method, "preference annotation", device)
-    scorer = make_scorer(
-        p.baselines.reward_model,
-        p.baselines.judge,
-        (model, tokenizer, model_name),
-        dtype=p.base.dtype,
-        batch_size=p.baselines.batch_size,
+    rule = Rule(cfg.criterion, cfg.min_share, cfg.min_kept_fraction)
+    scorer = None
+    if rule.criterion == "reward":
+        scorer = make_scorer(
+            p.baselines.reward_model,
+            p.baselines.judge,
+            (model, tokenizer, model_name),
+            dtype=p.base.dtype,
+            batch_size=p.baselines.batch_size,
+        )
+    projector = Projector(
+        model,
+        tokenizer,
+        dfile,
+        layers=read_layers,
+        system=p.base.system_prompt,
+        batch_size=pc.batch_size,
     )
     scored = grid_scores(
         make_backend(p, model_dir, model, tokenizer, batch_size=pc.batch_size, steering=True),
@@ -219,9 +278,20 @@ def run_grid(
         ),
         system=p.base.system_prompt,
         scorer=scorer,
+        projector=projector,
         generation=generation,
         annotation=annotation,
     )
-    cells = grid_table(scored)
-    pick, reason = select(cells, min_share=cfg.min_share)
-    return GridRun(scored, cells, pick, reason, scorer.name, rows.height, [generation, annotation])
+    cells = grid_table(scored, rule)
+    pick, reason = select(cells, rule)
+    return GridRun(
+        scored,
+        cells,
+        pick,
+        reason,
+        rule,
+        None if scorer is None else scorer.name,
+        list(read_layers),
+        rows.height,
+        [generation, annotation],
+    )

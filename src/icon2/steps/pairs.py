@@ -64,7 +64,7 @@ def generate_pairs(
     counts = dict.fromkeys(DROP_REASONS, 0)
     out = []
     for r, c, rj in zip(rows, gens[:n], gens[n:], strict=True):
-        reason = _drop_reason(c, rj)
+        reason = pair_drop_reason(c, rj)
         if reason:
             counts[reason] += 1
             continue
@@ -141,7 +141,9 @@ def steer_pairs(
     return pairs, counts, meter
 
 
-def _drop_reason(chosen: Generation, rejected: Generation) -> str | None:
+def pair_drop_reason(chosen: Generation, rejected: Generation) -> str | None:
+    """A4's drop rule (one of ``DROP_REASONS``, checked in that order), or None to keep the
+    pair; the selection grid (A6) applies the same rule to its pairs."""
     a, b = chosen.text.strip(), rejected.text.strip()
     if not a or not b:
         return "empty"

@@ -26,6 +26,7 @@ from icon2.core.params.comparison import (
     FeatureSource,
     LeakageParams,
     MethodName,
+    SelectCriterion,
     SelectParams,
     SensitivityParams,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "SPALoopParams",
     "SPAParams",
     "ScoreParams",
+    "SelectCriterion",
     "SelectParams",
     "SensitivityParams",
     "SynthesizeParams",

@@ -15,6 +15,7 @@ BASELINE_NAMES: tuple[BaselineName, ...] = (
     "self_refine",
     "direct_prompting",
 )
+SelectCriterion = Literal["reward", "projection_gap"]
 MethodName = Literal[
     "icon2", "sampling_ranking", "self_rewarding", "self_refine", "direct_prompting"
 ]
@@ -44,7 +45,12 @@ class SelectParams(_Section):
     gamma_pos: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.3])
     gamma_neg: list[float] = Field(default_factory=lambda: [-0.05, -0.1, -0.3])
     layer_ranges: dict[str, list[int]] | None = None  # null = early / middle / late thirds
-    min_share: float = Field(0.9, ge=0.0, lt=1.0)  # share of chosen > rejected to exceed
+    # What ranks the settings (icon2.steps.selection): the judge's or reward model's scores
+    # (the paper's rule) or the judge-free projection gap of chosen vs rejected answers.
+    criterion: SelectCriterion = "projection_gap"
+    min_share: float = Field(0.9, ge=0.0, lt=1.0)  # share of kept pairs that separate, to exceed
+    min_kept_fraction: float = Field(0.5, ge=0.0, le=1.0)  # A4-kept share a setting needs
+    projection_layers: list[int] | None = None  # where the gap is read; null = middle third
     max_new_tokens: AnswerBudget | None = None  # null = pairs.max_new_tokens
 
     @model_validator(mode="after")
