@@ -103,7 +103,7 @@ def test_answer_token_means_average_exactly_the_answer_tokens(tiny_model: Any) -
 
 def test_answer_token_means_batched_equals_one_at_a_time(tiny_model: Any) -> None:
     model, tok = tiny_model
-    answers = ANSWERS[:4] + ["Once upon a time a dragon made soup."]
+    answers = [*ANSWERS[:4], "Once upon a time a dragon made soup."]
     batched = answer_token_means(
         model, tok, QUESTIONS, answers, layers=[3, 1], system=None, batch_size=3
     )
