@@ -44,3 +44,11 @@ def _mismatches(model: type[BaseModel], data: dict[str, Any], where: str) -> lis
 def test_schema_defaults_equal_params_yaml() -> None:
     data = yaml.safe_load((REPO / "params.yaml").read_text())
     assert _mismatches(Params, data, "") == []
+
+
+def test_the_baselines_score_at_icon2s_batch_in_every_shipped_params_file() -> None:
+    # The cost ratio times ICON²'s consistency scoring and the baselines' judge: at
+    # different batch sizes the seconds would measure the batch, not the method.
+    for name in ("params.yaml", "params.gpu.yaml"):
+        p = Params.model_validate(yaml.safe_load((REPO / name).read_text()))
+        assert p.baselines.batch_size == p.score.batch_size, name

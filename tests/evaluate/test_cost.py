@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -12,6 +13,7 @@ from icon2.evaluate.cost import (
     device_kind,
     records_frame,
 )
+from tests.conftest import REPO
 
 RECORDS = [
     CostRecord("synthesize", "shared", "response generation", 3600.0, "cpu", 1, 500, 0),
@@ -50,6 +52,15 @@ def test_ratio_icon2_over_sampling_ranking() -> None:
     assert ratio["generation"] == pytest.approx(3.0 / 5.0)
     assert ratio["annotation"] == pytest.approx(1.2 / 0.5)
     assert ratio["total"] == pytest.approx(4.2 / 5.5)
+    # In tokens generated + read: icon2 generation 800 + 300, annotation 1000 + 4000;
+    # sampling_ranking generation 2000 + 750, annotation 6000 (swapping the two fails).
+    assert ratio["tokens_generation"] == pytest.approx(1100 / 2750)
+    assert ratio["tokens_annotation"] == pytest.approx(5000 / 6000)
+    assert ratio["tokens_total"] == pytest.approx(6100 / 8750)
+    rows = {r["method"]: r for r in table.iter_rows(named=True)}
+    assert (rows["icon2"]["generation_tokens"], rows["icon2"]["total_tokens"]) == (1100, 6100)
+    reverse = cost_ratio(table, "sampling_ranking", "icon2")
+    assert reverse["tokens_total"] == pytest.approx(8750 / 6100)
     no_annotation = cost_table(records_frame(RECORDS[:4] + RECORDS[4:5]), price_per_device_hour=1)
     assert cost_ratio(no_annotation)["annotation"] is None
 
@@ -83,3 +94,21 @@ def test_meter_adds_up_timed_blocks() -> None:
     rec = meter.record()
     assert rec.device_kind == "cpu" and rec.device_count == 1
     assert 0.02 <= rec.wall_seconds < 1.0 and rec.tokens_generated == 7
+
+
+def test_a_generating_stage_counts_the_devices_its_engine_holds(tmp_path: Any) -> None:
+    from icon2.core.params import load_params
+    from icon2.evaluate.metered import engine_devices, stage_meter
+
+    params = load_params(REPO / "params.yaml")
+    assert engine_devices(params) == 1  # the HF engine generates on one device
+    vllm = params.model_copy(
+        update={
+            "base": params.base.model_copy(update={"engine": "vllm"}),
+            "vllm": params.vllm.model_copy(update={"tensor_parallel_size": 4}),
+        }
+    )
+    assert engine_devices(vllm) == 4
+    meter = stage_meter("pairs", "icon2", "response generation", "cpu", engine_devices(vllm))
+    meter.wall_seconds = 900.0
+    assert meter.record().device_count == 4 and meter.record().device_hours == 1.0

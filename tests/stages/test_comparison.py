@@ -281,8 +281,11 @@ def test_cost_table_sums_the_stage_records(comp: dict[str, Any], tmp_path: Path)
     icon2 = table.filter(pl.col("method") == "icon2").row(0, named=True)
     assert icon2["generation_hours"] == pytest.approx(0.1)
     assert icon2["total_money"] == pytest.approx(0.11 * 3.0)
-    assert json.loads((tmp_path / "m.json").read_text())["ratio_total"] == pytest.approx(0.5)
-    assert "icon2 / sampling_ranking:" in r.output and "total 0.500" in r.output
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["ratio_total"] == pytest.approx(0.5)
+    assert metrics["ratio_tokens_total"] == pytest.approx(1.0)  # 30 tokens each
+    assert "icon2 / sampling_ranking:" in r.output and "total 0.500 (device-hours)" in r.output
+    assert "(tokens generated + read)" in r.output
     # No records for the denominator: one clear error.
     r = run_stage(
         "cost",

@@ -50,6 +50,10 @@ TABLE_SCHEMA: dict[str, pl.DataType] = {  # Table 4's layout, one row per method
     "wall_seconds": pl.Float64(),
     "tokens_generated": pl.Int64(),
     "tokens_read": pl.Int64(),
+    # tokens generated + read, per category and in total: the machine-independent measure
+    "generation_tokens": pl.Int64(),
+    "annotation_tokens": pl.Int64(),
+    "total_tokens": pl.Int64(),
 }
 
 
@@ -166,7 +170,7 @@ def cost_table(records: pl.DataFrame, *, price_per_device_hour: float) -> pl.Dat
 
     Returns:
         One ``TABLE_SCHEMA`` row per method (sorted by name): generation/annotation/total
-        device-hours and money, wall seconds and token totals.
+        device-hours, money and tokens (generated + read), wall seconds and token totals.
 
     Raises:
         ValueError: a negative price, or a category outside ``CATEGORIES``.
@@ -178,14 +182,19 @@ def cost_table(records: pl.DataFrame, *, price_per_device_hour: float) -> pl.Dat
         raise ValueError(f"unknown cost categories {bad}; expected {CATEGORIES}")
     hours = pl.col("wall_seconds") * pl.col("device_count") / 3600.0
 
-    def part(category: str) -> pl.Expr:
-        return hours.filter(pl.col("category") == category).sum()
+    tokens = pl.col("tokens_generated") + pl.col("tokens_read")
+
+    def part(category: str, of: pl.Expr = hours) -> pl.Expr:
+        return of.filter(pl.col("category") == category).sum()
 
     table = (
         records.group_by("method")
         .agg(
             part("response generation").alias("generation_hours"),
             part("preference annotation").alias("annotation_hours"),
+            part("response generation", tokens).alias("generation_tokens"),
+            part("preference annotation", tokens).alias("annotation_tokens"),
+            tokens.sum().alias("total_tokens"),
             pl.col("wall_seconds").sum(),
             pl.col("tokens_generated").sum(),
             pl.col("tokens_read").sum(),
@@ -203,8 +212,12 @@ def cost_table(records: pl.DataFrame, *, price_per_device_hour: float) -> pl.Dat
 def cost_ratio(
     table: pl.DataFrame, numerator: str = "icon2", denominator: str = "sampling_ranking"
 ) -> dict[str, float | None]:
-    """Cost of ``numerator`` over ``denominator`` per category and in total (device-hours).
+    """Cost of ``numerator`` over ``denominator`` per category and in total, in device-hours
+    (``generation``, ``annotation``, ``total``) and in tokens generated + read
+    (``tokens_generation``, ``tokens_annotation``, ``tokens_total``).
 
+    The token ratio does not depend on the machine or its load when the records were
+    made, so it compares two methods' work even when their seconds were measured apart.
     A ratio whose denominator is 0 is None (nothing to compare with).
 
     Raises:
@@ -220,4 +233,7 @@ def cost_ratio(
     for key in ("generation", "annotation", "total"):
         d = den[f"{key}_hours"]
         out[key] = num[f"{key}_hours"] / d if d > 0 else None
+    for key in ("generation", "annotation", "total"):
+        d = den[f"{key}_tokens"]
+        out[f"tokens_{key}"] = num[f"{key}_tokens"] / d if d > 0 else None
     return out

@@ -57,6 +57,11 @@ def format_table(
 
     lines.append(
         f"{numerator} / {denominator}: generation {show(ratio['generation'])}, "
-        f"annotation {show(ratio['annotation'])}, total {show(ratio['total'])}"
+        f"annotation {show(ratio['annotation'])}, total {show(ratio['total'])} (device-hours)"
+    )
+    lines.append(
+        f"{numerator} / {denominator}: generation {show(ratio['tokens_generation'])}, "
+        f"annotation {show(ratio['tokens_annotation'])}, total {show(ratio['tokens_total'])} "
+        "(tokens generated + read)"
     )
     return "\n".join(lines)

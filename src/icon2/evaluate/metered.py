@@ -16,6 +16,7 @@ import torch
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from icon2.core.io import write_json
+from icon2.core.params import Params
 from icon2.engines.base import Backend, Generation, Sampling
 from icon2.evaluate.cost import Category, Meter, device_kind
 from icon2.model.loading import pick_device
@@ -47,9 +48,17 @@ class MeteredBackend:
         return out
 
 
-def stage_meter(stage: str, method: str, category: Category, device: str) -> Meter:
-    """A meter for one piece of a stage's work on ``device`` (``base.device``)."""
-    return Meter(stage, method, category, device_kind=device_kind(str(pick_device(device))))
+def stage_meter(
+    stage: str, method: str, category: Category, device: str, devices: int = 1
+) -> Meter:
+    """A meter for one piece of a stage's work on ``devices`` of ``device`` (``base.device``)."""
+    kind = device_kind(str(pick_device(device)))
+    return Meter(stage, method, category, device_kind=kind, device_count=devices)
+
+
+def engine_devices(p: Params) -> int:
+    """Devices a generating engine holds: vLLM's tensor-parallel group, else one."""
+    return p.vllm.tensor_parallel_size if p.base.engine == "vllm" else 1
 
 
 def write_cost(path: Path | None, meters: Sequence[Meter]) -> None:

@@ -21,7 +21,7 @@ from icon2.engines import make_backend
 from icon2.engines.base import Sampling
 from icon2.evaluate.cost import Meter
 from icon2.evaluate.judge import LMJudge
-from icon2.evaluate.metered import stage_meter
+from icon2.evaluate.metered import engine_devices, stage_meter
 from icon2.evaluate.scorers import make_scorer
 from icon2.steps.baseline_pairs import (
     BaselineInputs,
@@ -77,7 +77,9 @@ def run_baseline(
         greedy=greedy,
         sampled=replace(greedy, temperature=cfg.temperature, top_p=cfg.top_p),
         system=p.base.system_prompt,
-        generation=stage_meter(stage, method, "response generation", p.base.device),
+        generation=stage_meter(
+            stage, method, "response generation", p.base.device, engine_devices(p)
+        ),
         annotation=stage_meter(stage, method, "preference annotation", p.base.device),
     )
     if method == "sampling_ranking":

@@ -26,7 +26,7 @@ from icon2.core.params import Params
 from icon2.engines import make_backend
 from icon2.engines.base import Backend, Sampling
 from icon2.evaluate.cost import Meter
-from icon2.evaluate.metered import stage_meter
+from icon2.evaluate.metered import engine_devices, stage_meter
 from icon2.evaluate.scorers import make_scorer
 from icon2.model.chat import render_prompt
 from icon2.steps.baselines import Scorer
@@ -240,7 +240,7 @@ def run_grid(
     rows = subsample(kept, cfg.instructions, p.base.seed if cfg.seed is None else cfg.seed)
     # Its own method in the cost table: tuning work, outside the ICON² / baseline ratio.
     method, device = "icon2 selection", p.base.device
-    generation = stage_meter("selection", method, "response generation", device)
+    generation = stage_meter("selection", method, "response generation", device, engine_devices(p))
     annotation = stage_meter("selection", method, "preference annotation", device)
     rule = Rule(cfg.criterion, cfg.min_share, cfg.min_kept_fraction)
     scorer = None

@@ -19,7 +19,7 @@ from icon2.core.tables import PAIR_SCHEMA
 from icon2.engines import make_backend
 from icon2.engines.base import Backend, Generation, Sampling
 from icon2.evaluate.cost import Meter
-from icon2.evaluate.metered import MeteredBackend, stage_meter
+from icon2.evaluate.metered import MeteredBackend, engine_devices, stage_meter
 from icon2.model.chat import render_prompt
 from icon2.steps.direction_file import DirectionFile, GammaScale, steering_vectors
 
@@ -124,7 +124,7 @@ def steer_pairs(
         repetition_penalty=cfg.repetition_penalty,
         seed=p.base.seed,
     )
-    meter = stage_meter("pairs", "icon2", "response generation", p.base.device)
+    meter = stage_meter("pairs", "icon2", "response generation", p.base.device, engine_devices(p))
     backend = make_backend(p, model_dir, model, tokenizer, batch_size=cfg.batch_size, steering=True)
     pairs, counts = generate_pairs(
         MeteredBackend(backend, meter, tokenizer),

@@ -21,7 +21,7 @@ from icon2.core.tables import RAW_SCHEMA
 from icon2.engines import make_backend
 from icon2.engines.base import Backend, Sampling
 from icon2.evaluate.cost import Meter
-from icon2.evaluate.metered import MeteredBackend, stage_meter
+from icon2.evaluate.metered import MeteredBackend, engine_devices, stage_meter
 from icon2.model.chat import pre_query_template
 from icon2.model.embeddings import Embedder
 from icon2.steps.cleaning import clean, distinct_n, length_stats
@@ -111,7 +111,9 @@ def make_instructions(
     """
     cfg = p.synthesize
     # Every method starts from these instructions: shared work, outside the ratio (A8).
-    meter = stage_meter("synthesize", "shared", "response generation", p.base.device)
+    meter = stage_meter(
+        "synthesize", "shared", "response generation", p.base.device, engine_devices(p)
+    )
     template = None
     if external is not None:
         raw = from_file(external)

@@ -33,7 +33,9 @@ class BaselinesParams(_Section):
     tie_margin: float = Field(0.0, ge=0.0, lt=0.5)  # Self-Rewarding: |P − 0.5| ≤ margin drops
     reward_model: str | None = None  # local sequence-classifier directory; the scorer if set
     judge: str | None = None  # local chat LLM rating 1–9 when no reward model; null = the model
-    batch_size: int = Field(8, ge=1)  # scoring batch
+    # Scoring batch; the default equals score.batch_size, so the baselines' annotation is
+    # timed at the batch ICON²'s consistency scoring uses (a like-for-like cost).
+    batch_size: int = Field(32, ge=1)
 
 
 class SelectParams(_Section):
