@@ -35,6 +35,14 @@ def test_repo_params_load() -> None:
             r"select\.criterion: .*'reward' or 'projection_gap'.*'judge'",
         ),
         (
+            {"compare": {"methods": {"self_refining": "data/x.parquet"}}},
+            r"compare\.methods\.self_refining.*'icon2'.*'self_refine'",
+        ),
+        (
+            {"baselines": {"methods": ["sampling_ranking", "best_of_n"]}},
+            r"baselines\.methods\.1: .*'best_of_n'",
+        ),
+        (
             {"select": {"min_kept_fraction": 1.5}},
             r"select\.min_kept_fraction: .*less than or equal to 1",
         ),
