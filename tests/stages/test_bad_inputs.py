@@ -566,7 +566,7 @@ def _run(case: Case, world: dict[str, Any], tmp_path: Path) -> tuple[Any, Ctx, d
         else:
             path.mkdir(parents=True)
             (path / "kept.txt").write_text("good\n")
-        args += [f"--{option}", path]
+        args += [f"--{option.replace('_', '-')}", path]
     for option, key in INPUTS[case.stage]:
         args += [f"--{option}", c.inputs.get(key, world[key])]
     if case.stage == "spa" and "--iteration" not in c.extra:
