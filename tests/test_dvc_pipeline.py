@@ -41,8 +41,16 @@ def _dvc(cwd: Path, *args: str) -> str:
 # How `dvc status` names a stage of spa/dvc.yaml.
 SPA1 = "spa/dvc.yaml:spa@1"
 
-# What a pipeline run reads from the repository (besides params.yaml and data files).
-PIPELINE = ("dvc.yaml", "spa/dvc.yaml", "stages", "src", "configs")
+# What a pipeline run reads from the repository (besides params.yaml and the data files a
+# test chooses): the code, and the human-preference set the `benchmark` stage scores.
+PIPELINE = (
+    "dvc.yaml",
+    "spa/dvc.yaml",
+    "stages",
+    "src",
+    "configs",
+    "data/benchmarks/hh_rlhf_300.jsonl",
+)
 
 
 def copy_pipeline(root: Path, *extra: str) -> None:
@@ -81,6 +89,7 @@ def tiny_params(model_dir: Path) -> dict[str, Any]:
         learning_rate=1e-4,
     )
     params["evaluate"].update(max_new_tokens=8, batch_size=4, max_prompts=4)
+    params["benchmark"].update(max_pairs=6, batch_size=4, resamples=200)
     params["spa"].update(
         iterations={"1": {"previous": "data/train/model", "lam": 0.5}},
         prompts_per_iteration=8,
@@ -109,6 +118,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> P
         "pairs",
         "train",
         "evaluate",
+        "benchmark",
     }, ran
     assert not (root / "data/spa").exists()
     ran, _ = _ran_and_skipped(_dvc(root, "repro", "spa/dvc.yaml"))
@@ -126,6 +136,8 @@ def test_repro_produces_every_output(project: Path) -> None:
         "data/pairs/pairs.parquet",
         "data/train/model/model.safetensors",
         "data/evaluate/metrics.json",
+        "data/benchmark/metrics.json",
+        "data/benchmark/pairs.parquet",
         "data/spa/1/model/model.safetensors",
         "data/spa/1/pairs.parquet",
     ):
@@ -152,10 +164,10 @@ def test_gamma_change_reruns_only_pairs_and_downstream(project: Path) -> None:
     ran, skipped = _ran_and_skipped(_dvc(project, "repro", "spa/dvc.yaml"))
     assert ran == {"check", "pairs", "train", SPA1}
     assert {"model", "directions", "synthesize", "score", "filter"} <= skipped
-    # The main job then only has evaluate left to rerun.
-    assert set(json.loads(_dvc(project, "status", "--json"))) == {"evaluate"}
+    # The main job then only has the stages after train left to rerun.
+    assert set(json.loads(_dvc(project, "status", "--json"))) == {"evaluate", "benchmark"}
     ran, skipped = _ran_and_skipped(_dvc(project, "repro"))
-    assert ran == {"evaluate"} and {"pairs", "train"} <= skipped
+    assert ran == {"evaluate", "benchmark"} and {"pairs", "train"} <= skipped
 
 
 def test_synthesize_change_invalidates_from_synthesize(project: Path) -> None:

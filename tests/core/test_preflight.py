@@ -114,3 +114,18 @@ def test_a_threshold_no_standardised_score_reaches(write_params: Callable[..., P
         preflight(load_params(write_params(over)), REPO / "absent", _everything(REPO), REPO)
     over["filter"]["value"] = 2.9
     preflight(load_params(write_params(over)), REPO / "absent", _everything(REPO), REPO)
+
+
+def test_a_malformed_benchmark_file_is_named_with_its_row(
+    write_params: Callable[..., Path], tmp_path: Path
+) -> None:
+    bench = tmp_path / "bench.jsonl"
+    good = {"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go away."}
+    bench.write_text(json.dumps(good) + "\n" + json.dumps({**good, "rejected": "Hello."}) + "\n")
+    params = write_params({"benchmark": {"file": str(bench)}})
+    with pytest.raises(InputError, match=r"benchmark\.file: .*bench\.jsonl: row 2: .*identical"):
+        _check(params, tmp_path, _everything(tmp_path))
+    bench.write_text(json.dumps(good) + "\n")
+    _check(params, tmp_path, _everything(tmp_path))
+    # The shipped file passes (the repository's own params).
+    preflight(load_params(REPO / "params.yaml"), REPO / "absent", _everything(REPO), REPO)

@@ -14,7 +14,8 @@ What can be known before any model is loaded, from params.yaml and the file syst
 - layer lists outside the model or outside the layers the directions will have, when the
   number of layers is known (``base.model`` is a local directory, or the ``model`` stage's
   card names the same model);
-- a ``threshold`` filter that no standardised score can reach.
+- a ``threshold`` filter that no standardised score can reach;
+- a benchmark file (``benchmark.file``) that is not a usable preference file.
 Nothing here imports an ML library.
 """
 
@@ -29,6 +30,7 @@ from typing import NamedTuple
 from icon2.core.errors import InputError, ModelError, ParamsError
 from icon2.core.layers import resolve_layers
 from icon2.core.params import Params
+from icon2.core.preferences import read_preference_file
 
 # The model stage's card, named here so that reading it needs no torch (icon2.model.loading
 # writes it under this name).
@@ -50,6 +52,7 @@ def input_paths(p: Params) -> dict[str, str]:
         "synthesize.file": p.synthesize.file,  # a dvc.yaml dependency even when unused
         "train.pairs": p.train.pairs,
         "evaluate.prompts": p.evaluate.prompts,
+        "benchmark.file": p.benchmark.file,
         "spa.prompts": p.spa.prompts,
         "leakage.prompts": p.leakage.prompts,
         "leakage.training": p.leakage.training,
@@ -177,11 +180,23 @@ def check_filter(p: Params) -> None:
         )
 
 
+def check_benchmark(p: Params, root: Path) -> None:
+    """The benchmark file, when it exists, holds valid preference pairs (a few hundred JSON
+    rows: cheap). A missing one is :func:`check_inputs`' business."""
+    path = root / p.benchmark.file
+    if path.is_file():
+        try:
+            read_preference_file(path)
+        except InputError as exc:
+            raise InputError(f"params.yaml: benchmark.file: {exc}") from None
+
+
 def preflight(p: Params, model_dir: Path, declared: Callable[[], Declared], root: Path) -> None:
     """Every check above, cheapest first; the first failure raises an Icon2Error."""
     check_filter(p)
     check_models(p)
     check_inputs(p, declared, root)
+    check_benchmark(p, root)
     n = model_layers(p, model_dir)
     if n is not None:
         check_layers(p, n)

@@ -68,6 +68,18 @@ SPA_PAIR_SCHEMA: dict[str, pl.DataType] = {
     "rejected_finish": pl.String(),
 }
 
+# The benchmark stage's per-pair scores of a human-preference file (icon2.evaluate.benchmark).
+BENCHMARK_SCHEMA: dict[str, pl.DataType] = {
+    "id": pl.String(),
+    "logp_chosen": pl.Float64(),  # trained model, summed over the answer's tokens
+    "logp_rejected": pl.Float64(),
+    "ref_logp_chosen": pl.Float64(),  # starting model
+    "ref_logp_rejected": pl.Float64(),
+    "chosen_tokens": pl.Int64(),  # without the end-of-turn token
+    "rejected_tokens": pl.Int64(),
+    "reward_margin": pl.Float64(),
+}
+
 
 def score_schema(criteria: list[str]) -> dict[str, pl.DataType]:
     """A3: the score stage's table for these criteria, in column order."""

@@ -7,9 +7,9 @@ of range are rejected with a message such as
 What lives where: ``sections`` holds the strict ``_Section`` base every section derives
 from, with ``KNOWN_CRITERIA``, ``MAX_SEED`` and shared ``Literal`` types; ``pipeline`` the
 main pipeline's sections (``base``, ``vllm``, directions, synthesize, score, filter, pairs,
-evaluate); ``training`` the ``train`` section (DPO / SPA / DRO) and the SPA loop (``spa``);
-``comparison`` the comparison pipeline's sections (baselines, select, cost, leakage,
-sensitivity, compare); ``root`` the ``Params`` model of the whole file and
+evaluate, benchmark); ``training`` the ``train`` section (DPO / SPA / DRO) and the SPA loop
+(``spa``); ``comparison`` the comparison pipeline's sections (baselines, select, cost,
+leakage, sensitivity, compare); ``root`` the ``Params`` model of the whole file and
 ``spa_train_params``; ``loading`` the strict YAML loader, ``load_raw`` and ``load_params``;
 ``stage_keys`` ``STAGE_PARAMS`` and ``stage_params``. Import from this package, not from
 the modules: they are an implementation detail. Nothing here imports an ML library.
@@ -33,6 +33,7 @@ from icon2.core.params.comparison import (
 from icon2.core.params.loading import load_params, load_raw
 from icon2.core.params.pipeline import (
     BaseParams,
+    BenchmarkParams,
     DirectionsParams,
     EvaluateParams,
     FilterParams,
@@ -65,6 +66,7 @@ __all__ = [
     "BaseParams",
     "BaselineName",
     "BaselinesParams",
+    "BenchmarkParams",
     "CompareParams",
     "CostParams",
     "DROParams",

@@ -1,4 +1,4 @@
-"""The main pipeline's sections (dvc.yaml): ``base``, ``vllm`` and directions → evaluate."""
+"""The main pipeline's sections (dvc.yaml): ``base``, ``vllm`` and directions → benchmark."""
 
 from __future__ import annotations
 
@@ -197,3 +197,19 @@ class EvaluateParams(_Section):
     # Bootstrap resamples behind every 95 % CI the evaluation signals report (seeded by
     # base.seed, so the intervals are reproducible).
     bootstrap: int = Field(2000, ge=100)
+
+
+class BenchmarkParams(_Section):
+    """Human-preference pairs scored by the trained and the starting model."""
+
+    # JSONL/Parquet in TRL's preference format (icon2.core.preferences).
+    file: str = "data/benchmarks/hh_rlhf_300.jsonl"
+    # The first n pairs; null = all. 150 on CPU: the shipped 300 take ~7 min with both
+    # models on one AVX2 core (fp32), 150 half that.
+    max_pairs: int | None = Field(150, ge=1)
+    # true = base.system_prompt as the system turn of a pair that has none (the context the
+    # model was trained in); false = the conversation as the file has it.
+    system_prompt: bool = True
+    batch_size: int = Field(16, ge=1)
+    resamples: int = Field(2000, ge=100)  # bootstrap resamples per interval
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)  # null = base.seed

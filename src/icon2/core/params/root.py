@@ -12,6 +12,7 @@ from icon2.core.params.comparison import (
 )
 from icon2.core.params.pipeline import (
     BaseParams,
+    BenchmarkParams,
     DirectionsParams,
     EvaluateParams,
     FilterParams,
@@ -36,6 +37,7 @@ class Params(_Section):
     pairs: PairsParams = PairsParams()
     train: TrainSection = TrainSection()
     evaluate: EvaluateParams = EvaluateParams()
+    benchmark: BenchmarkParams = BenchmarkParams()
     spa: SPALoopParams = SPALoopParams()
     # issue 12 (comparison/dvc.yaml)
     baselines: BaselinesParams = BaselinesParams()

@@ -47,6 +47,7 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "pairs": (*_RUNTIME, *_ENGINE, "base.system_prompt", "pairs"),
     "train": (*_RUNTIME, "train"),
     "evaluate": (*_RUNTIME, *_ENGINE, "base.system_prompt", "pairs.layers", "evaluate"),
+    "benchmark": (*_RUNTIME, "base.system_prompt", "train.beta", "benchmark"),
     "spa": (
         *_RUNTIME,
         *_ENGINE,
