@@ -46,6 +46,7 @@ def main(
                 _json(folder / "train.json"),
                 _json(folder / "signals.json"),
                 _json(folder / "evaluate.json"),
+                _json(folder / "benchmark.json"),
                 costs.get(method),
                 p.directions.criteria,
             )

@@ -203,6 +203,10 @@ def test_compare_builds_one_table(comp: dict[str, Any], tmp_path: Path) -> None:
             evaluation.update({f"direction_shift_{c}": 0.25, f"direction_shift_{c}_low": 0.1})
             evaluation[f"direction_shift_{c}_high"] = 0.4
         (d / "evaluate.json").write_text(json.dumps(evaluation))
+        human = {"n": 150, "ci_level": 0.95}
+        for name, x in (("reward_accuracy", 0.59), ("likelihood_accuracy", 0.51)):
+            human.update({name: x, f"{name}_ci_low": x - 0.08, f"{name}_ci_high": x + 0.08})
+        (d / "benchmark.json").write_text(json.dumps(human))
     cost = tmp_path / "cost.csv"
     pl.DataFrame({"method": ["icon2"], "total_hours": [0.01], "total_money": [0.02]}).write_csv(
         cost
@@ -225,6 +229,10 @@ def test_compare_builds_one_table(comp: dict[str, Any], tmp_path: Path) -> None:
     assert table["direction_shift_honesty_high"].to_list() == [0.4, 0.4]
     md = (tmp_path / "t.md").read_text()
     assert "0.600 [0.400, 0.800]" in md and "reward_accuracy_low" not in md
+    # The human-preference benchmark's columns, with their intervals.
+    assert table["human_pairs"].to_list() == [150, 150]
+    assert table["human_reward_accuracy_high"].to_list() == pytest.approx([0.67, 0.67])
+    assert "0.590 [0.510, 0.670]" in md
     # A method whose stages have not run: one clear error naming the file.
     (tmp_path / "cmp" / "icon2" / "signals.json").unlink()
     r = run_stage("compare", *args, "--markdown", tmp_path / "t.md", "--params", params)

@@ -26,6 +26,14 @@ TABLE_SCHEMA: dict[str, pl.DataType] = {
     "win_rate": pl.Float64(),
     "lc_win_rate": pl.Float64(),
     "judge_discrimination": pl.Float64(),
+    # the human-preference benchmark (the `benchmark` stage): the same pairs for every row
+    "human_pairs": pl.Int64(),
+    "human_reward_accuracy": pl.Float64(),
+    "human_reward_accuracy_low": pl.Float64(),
+    "human_reward_accuracy_high": pl.Float64(),
+    "human_likelihood_accuracy": pl.Float64(),
+    "human_likelihood_accuracy_low": pl.Float64(),
+    "human_likelihood_accuracy_high": pl.Float64(),
 }
 
 
@@ -43,11 +51,12 @@ def method_row(
     train: Mapping[str, Any],
     signals: Mapping[str, Any],
     evaluation: Mapping[str, Any],
+    benchmark: Mapping[str, Any],
     cost: Mapping[str, Any] | None,
     criteria: list[str],
 ) -> dict[str, Any]:
-    """One row from a method's train, signals and evaluate metrics and its cost-table row
-    (None when the cost stage has no records for it)."""
+    """One row from a method's train, signals, evaluate and benchmark metrics and its
+    cost-table row (None when the cost stage has no records for it)."""
     row: dict[str, Any] = {
         "method": method,
         "pairs": int(train["train_pairs"]) + int(train["validation_pairs"]),
@@ -59,7 +68,12 @@ def method_row(
         "win_rate": float(evaluation["win_rate"]),
         "lc_win_rate": float(evaluation["lc_win_rate"]),
         "judge_discrimination": float(signals["judge_discrimination"]),
+        "human_pairs": int(benchmark["n"]),
     }
+    for name in ("reward_accuracy", "likelihood_accuracy"):
+        row[f"human_{name}"] = float(benchmark[name])
+        row[f"human_{name}_low"] = float(benchmark[f"{name}_ci_low"])
+        row[f"human_{name}_high"] = float(benchmark[f"{name}_ci_high"])
     for suffix in ("", "_low", "_high"):
         row[f"reward_accuracy{suffix}"] = _number(signals.get(f"reward_accuracy{suffix}"))
         for c in criteria:
