@@ -8,7 +8,6 @@ from typing import Any
 import polars as pl
 
 # Every column with a 95 % CI comes with <column>_low and <column>_high.
-_CI = ("reward_accuracy", "direction_shift")
 TABLE_SCHEMA: dict[str, pl.DataType] = {
     "method": pl.String(),
     "pairs": pl.Int64(),
