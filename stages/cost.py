@@ -17,15 +17,24 @@ from icon2.stage import open_stage, user_errors
 @user_errors
 def main(
     records: Annotated[
-        list[Path], typer.Option("--records", help="Cost JSON files ({'cost': [...]}).")
+        list[Path],
+        typer.Option("--records", help="Cost JSON files ({'cost': [...]}) of the main run."),
     ],
     table: Annotated[Path, typer.Option(help="Cost table (CSV, Table 4's layout) to write.")],
     out: Annotated[Path, typer.Option(help="Metrics JSON to write (the ratios).")],
+    baselines: Annotated[
+        Path | None,
+        typer.Option(help="Folder with <method>/cost.json for each of baselines.methods."),
+    ] = None,
     params: Annotated[Path, typer.Option(help="Params file.")] = Path("params.yaml"),
 ) -> None:
-    cfg = open_stage(params).cost
+    p = open_stage(params)
+    cfg = p.cost
+    files = list(records)
+    if baselines is not None:
+        files += [baselines / method / "cost.json" for method in p.baselines.methods]
     frame = cost_table(
-        records_frame(read_cost_files(records)), price_per_device_hour=cfg.price_per_device_hour
+        records_frame(read_cost_files(files)), price_per_device_hour=cfg.price_per_device_hour
     )
     try:
         ratio = cost_ratio(frame, cfg.numerator, cfg.denominator)

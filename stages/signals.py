@@ -1,7 +1,7 @@
 """Stage `signals@<method>`: evaluation signals that need no judge, and the judge's
 discrimination: reward accuracy and margin (95 % CIs) on the comparison's common held-out
-set — every method's validation pairs pooled, so that every method is scored on the same
-pairs and none trained on them — and the share of non-tie judgements."""
+set — the validation pairs of every method in `compare.methods` pooled, so that every method
+is scored on the same pairs and none trained on them — and the share of non-tie judgements."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import typer
 
 from icon2.core.io import write_json
 from icon2.core.tables import read_pairs
-from icon2.evaluate.signals import common_held_out, judge_free_signals, signals_line
+from icon2.evaluate.signals import common_held_out, judge_free_signals, pool_files, signals_line
 from icon2.stage import load_model, open_stage, user_errors
 
 
@@ -21,15 +21,20 @@ from icon2.stage import load_model, open_stage, user_errors
 def main(
     model_dir: Annotated[Path, typer.Option(help="Starting model (the reference).")],
     trained_dir: Annotated[Path, typer.Option(help="Trained checkpoint.")],
-    heldout: Annotated[
-        list[Path], typer.Option(help="Every method's pair file (validation splits pooled).")
+    pool_root: Annotated[
+        list[Path],
+        typer.Option(
+            help="A file or folder among the stage's DVC deps; every compare.methods pair file "
+            "must be one or lie in one (repeat the option)."
+        ),
     ],
     evaluation: Annotated[Path, typer.Option(help="The evaluate stage's metrics JSON.")],
     out: Annotated[Path, typer.Option(help="Metrics JSON to write.")],
     params: Annotated[Path, typer.Option(help="Params file.")] = Path("params.yaml"),
 ) -> None:
     p = open_stage(params)
-    held = common_held_out({str(f): read_pairs(f) for f in heldout})
+    files = pool_files(p.compare.methods, pool_root)
+    held = common_held_out({str(f): read_pairs(f) for f in files})
     ev = json.loads(evaluation.read_text())
     base, tokenizer, _ = load_model(model_dir, p)
     trained, _, _ = load_model(trained_dir, p)

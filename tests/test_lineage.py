@@ -94,3 +94,66 @@ def test_no_stage_script_shadows_the_standard_library() -> None:
         f.stem for f in (REPO / "stages").glob("*.py") if f.stem in sys.stdlib_module_names
     )
     assert not clash, f"stage scripts named like standard-library modules: {clash}"
+
+
+def test_comparison_follows_the_method_lists_in_params(tmp_path: Path) -> None:
+    """No method is named by hand in comparison/dvc.yaml's stages: with two baselines and
+    two compared methods in params, DVC builds exactly their stages, and the aggregating
+    stages (cost, signals, compare) wait for exactly those."""
+    import subprocess
+
+    (tmp_path / "comparison").mkdir()
+    for name in ("dvc.yaml", "comparison/dvc.yaml"):
+        (tmp_path / name).write_text((REPO / name).read_text())
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["baselines"]["methods"] = ["sampling_ranking", "self_refine"]
+    params["compare"]["methods"] = {
+        "icon2": "data/pairs/pairs.parquet",
+        "self_refine": "data/baselines/self_refine/pairs.parquet",
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    for args in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
+        subprocess.run(args, cwd=tmp_path, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", "dag", "--dot", "comparison/dvc.yaml:compare"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    edges = {
+        tuple(
+            part.strip().strip('";').removeprefix("comparison/dvc.yaml:")
+            for part in line.split("->")
+        )
+        for line in done.stdout.splitlines()
+        if "->" in line
+    }
+    into = {a for a, b in edges if b == "compare"}
+    assert into == {
+        "check",
+        "cost",
+        *(
+            f"{s}@{m}"
+            for s in ("train", "evaluate", "benchmark", "signals")
+            for m in ("icon2", "self_refine")
+        ),
+    }
+    assert {a for a, b in edges if b == "cost"} >= {
+        "baselines@sampling_ranking",
+        "baselines@self_refine",
+    }
+    stages = {a for a, _ in edges} | {b for _, b in edges}
+    assert not {s for s in stages if s.endswith(("@self_rewarding", "@direct_prompting"))}
+    assert {a for a, b in edges if b == "signals@icon2"} >= {"pairs", "baselines@self_refine"}
+
+
+def test_comparison_stages_name_no_method() -> None:
+    """Editing baselines.methods or compare.methods must not need an edit of the pipeline:
+    no stage's command or dependencies names a method."""
+    stages = yaml.safe_load((REPO / "comparison/dvc.yaml").read_text())["stages"]
+    methods = ("icon2", "sampling_ranking", "self_rewarding", "self_refine", "direct_prompting")
+    text = {stage: yaml.safe_dump(spec).replace("src/icon2", "") for stage, spec in stages.items()}
+    named = {(stage, m) for stage in stages for m in methods if m in text[stage]}
+    assert not named, f"comparison/dvc.yaml names methods by hand: {sorted(named)}"

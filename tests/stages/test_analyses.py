@@ -146,45 +146,51 @@ def test_signals_score_every_method_on_the_common_held_out_set(
     )
     evaluation = tmp_path / "evaluate.json"
     evaluation.write_text(json.dumps({"tie_rate": 1.0, "win_rate": 0.5}))
-    r = run_stage(
-        "signals",
-        "--model-dir",
-        comp["model"],
-        "--trained-dir",
-        comp["model"],
-        "--heldout",
-        ours,
-        "--heldout",
-        theirs,
-        "--evaluation",
-        evaluation,
-        "--out",
-        tmp_path / "s.json",
-        "--params",
-        _params(comp, tmp_path),
-    )
+
+    def signals(pool: dict[str, Path], out: Path, root: Path = tmp_path) -> Any:
+        params = _params(comp, tmp_path)
+        data = yaml.safe_load(params.read_text())
+        data["compare"]["methods"] = {m: str(f) for m, f in pool.items()}  # replaced, not merged
+        params.write_text(yaml.safe_dump(data))
+        return run_stage(
+            "signals",
+            "--model-dir",
+            comp["model"],
+            "--trained-dir",
+            comp["model"],
+            "--pool-root",
+            root,
+            "--evaluation",
+            evaluation,
+            "--out",
+            out,
+            "--params",
+            params,
+        )
+
+    # The pool is every compare.methods file: here two methods, one pair shared.
+    r = signals({"icon2": ours, "sampling_ranking": theirs}, tmp_path / "s.json")
     assert r.exit_code == 0, r.output
     s = json.loads((tmp_path / "s.json").read_text())
     # π = π_ref: every implicit reward is 0, no pair is won; a blind judge shows as 0.
     assert s["held_out_pairs"] == 2 and s["reward_accuracy"] == 0.0 and s["reward_margin"] == 0
     assert s["reward_accuracy_low"] == s["reward_accuracy_high"] == 0.0
     assert s["judge_discrimination"] == 0.0
+    # One method only: its own validation pair, so the pool shrinks to 1.
+    r = signals({"icon2": ours}, tmp_path / "s1.json")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "s1.json").read_text())["held_out_pairs"] == 1
     # No validation pair anywhere: one clear error, nothing written.
     none = _pairs(tmp_path / "c.parquet", [("train", "Sort a list.", "a", "b")])
     out = tmp_path / "s2.json"
-    args = ["--model-dir", comp["model"], "--trained-dir", comp["model"], "--heldout", none]
-    r = run_stage(
-        "signals",
-        *args,
-        "--evaluation",
-        evaluation,
-        "--out",
-        out,
-        "--params",
-        _params(comp, tmp_path),
-    )
+    r = signals({"icon2": none}, out)
     assert r.exit_code == 2 and "common held-out set is empty" in r.output, r.output
     assert not out.exists()
+    # A method's file outside the stage's declared deps: named, nothing written.
+    (tmp_path / "elsewhere").mkdir()
+    r = signals({"icon2": ours, "self_refine": theirs}, out, root=tmp_path / "elsewhere")
+    assert r.exit_code == 2 and "compare.methods.icon2" in r.output, r.output
+    assert r.output.count("error:") == 1 and not out.exists()
 
 
 def test_compare_builds_one_table(comp: dict[str, Any], tmp_path: Path) -> None:  # noqa: F811

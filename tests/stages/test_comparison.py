@@ -299,3 +299,48 @@ def test_cost_table_sums_the_stage_records(comp: dict[str, Any], tmp_path: Path)
         params,
     )
     assert r.exit_code == 2 and "sampling_ranking" in r.output, r.output
+    # --baselines reads <method>/cost.json for each of baselines.methods, none by hand.
+    (tmp_path / "b" / "sampling_ranking").mkdir(parents=True)
+    (tmp_path / "b" / "sampling_ranking" / "cost.json").write_text(
+        json.dumps({"cost": files["sr.json"]})
+    )
+    only_sr = _params(
+        comp,
+        tmp_path,
+        {"cost": {"price_per_device_hour": 3.0}, "baselines": {"methods": ["sampling_ranking"]}},
+    )
+    args = ["--records", tmp_path / "icon2.json", "--records", tmp_path / "shared.json"]
+    r = run_stage(
+        "cost",
+        *args,
+        "--baselines",
+        tmp_path / "b",
+        "--table",
+        tmp_path / "t3.csv",
+        "--out",
+        tmp_path / "m3.json",
+        "--params",
+        only_sr,
+    )
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "m3.json").read_text()) == metrics
+    # A method in baselines.methods without its cost file: one error naming the file.
+    both = _params(
+        comp,
+        tmp_path,
+        {"baselines": {"methods": ["sampling_ranking", "self_refine"]}},
+    )
+    r = run_stage(
+        "cost",
+        *args,
+        "--baselines",
+        tmp_path / "b",
+        "--table",
+        tmp_path / "t4.csv",
+        "--out",
+        tmp_path / "m4.json",
+        "--params",
+        both,
+    )
+    assert r.exit_code == 2 and "self_refine/cost.json" in r.output, r.output
+    assert not (tmp_path / "t4.csv").exists()

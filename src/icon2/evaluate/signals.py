@@ -16,8 +16,9 @@ The direction shift (the trained model's own answers along u) is in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -98,6 +99,28 @@ def held_out(pairs: pl.DataFrame) -> HeldOut:
         rejected=["".join(m["content"] for m in r["rejected"]) for r in rows],
         system=next(iter(systems), None),
     )
+
+
+def pool_files(methods: Mapping[str, str], roots: Sequence[Path]) -> list[Path]:
+    """The pair files of every method, each checked to be or lie in one of ``roots``: the
+    files and folders the stage's DVC deps declare, so that a method added in params is a
+    dependency too.
+
+    Raises:
+        InputError: a file outside every root (named by its ``compare.methods`` key).
+    """
+    inside = [r.resolve() for r in roots]
+    files = []
+    for method, file in methods.items():
+        path = Path(file)
+        if not any(path.resolve().is_relative_to(r) for r in inside):
+            raise InputError(
+                f"compare.methods.{method}: {file} lies outside the folders the signals stage "
+                f"depends on ({', '.join(str(r) for r in roots)}); move it there or add its "
+                "folder as --pool-root and as a dep in comparison/dvc.yaml"
+            )
+        files.append(path)
+    return files
 
 
 def common_held_out(tables: Mapping[str, pl.DataFrame]) -> HeldOut:

@@ -75,10 +75,10 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
         "select",
         *_SCORER,
     ),
-    "cost": ("cost",),
+    "cost": ("baselines.methods", "cost"),
     "leakage": ("leakage",),
     "sensitivity": (*_RUNTIME, "directions", "pairs.layers", "sensitivity"),
-    "signals": (*_RUNTIME, "train.beta", "evaluate"),
+    "signals": (*_RUNTIME, "train.beta", "evaluate", "compare.methods"),
     "compare": ("directions.criteria", "compare", "cost"),
 }
 
