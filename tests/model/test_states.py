@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import pytest
@@ -43,9 +44,13 @@ def test_shared_prefix_cache_equals_plain_read(tiny_model: Any) -> None:
     system = "You are a helpful assistant. Be harmless."
     texts = [render_prompt(tok, q, system) for q in QUESTIONS]
     plain = last_token_states(model, tok, texts, batch_size=3)
-    shared = last_token_states(
-        model, tok, texts, batch_size=3, shared_prefix=pre_query_template(tok, system)
-    )
+    with warnings.catch_warnings():
+        # The cache goes by the name this transformers uses: no renamed-argument warning
+        # (it printed in every `directions` run).
+        warnings.simplefilter("error", FutureWarning)
+        shared = last_token_states(
+            model, tok, texts, batch_size=3, shared_prefix=pre_query_template(tok, system)
+        )
     torch.testing.assert_close(plain, shared, rtol=1e-4, atol=1e-5)
 
 

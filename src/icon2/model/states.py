@@ -20,6 +20,7 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from icon2.core.layers import check_layers
+from icon2.model.cache import cache_keyword, returned_cache
 from icon2.model.chat import render_prompt
 from icon2.model.hooks import StopForward, capture, tokenize_left
 
@@ -58,8 +59,9 @@ def last_token_states(
     store: dict[int, torch.Tensor] = {}
     cache = None
     if prefix:
-        cache = model.base_model(torch.tensor([prefix], device=device), use_cache=True)
-        cache = cache.past_key_values
+        cache = returned_cache(
+            model.base_model(torch.tensor([prefix], device=device), use_cache=True)
+        )
     starts = range(0, len(order), batch_size)
     for start in tqdm(starts, desc=desc, disable=desc is None, unit="batch"):
         idx = order[start : start + batch_size]
@@ -78,7 +80,7 @@ def last_token_states(
             past = copy.deepcopy(cache)
             past.batch_repeat_interleave(len(idx))
             with capture(model, wanted, store, last), contextlib.suppress(StopForward):
-                model.base_model(**batch, past_key_values=past, use_cache=True)
+                model.base_model(**batch, **{cache_keyword(model.base_model): past}, use_cache=True)
         out[idx] = torch.stack([store[layer] for layer in wanted], dim=1).cpu()
     return out
 
