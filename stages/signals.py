@@ -33,7 +33,7 @@ def main(
     params: Annotated[Path, typer.Option(help="Params file.")] = Path("params.yaml"),
 ) -> None:
     p = open_stage(params)
-    files = pool_files(p.compare.methods, pool_root)
+    files = pool_files({str(m): f for m, f in p.compare.methods.items()}, pool_root)
     held = common_held_out({str(f): read_pairs(f) for f in files})
     ev = json.loads(evaluation.read_text())
     base, tokenizer, _ = load_model(model_dir, p)
