@@ -25,7 +25,7 @@ import typer
 
 from icon2.core.layers import middle_third
 from icon2.core.precision import machine, resolve_dtype
-from icon2.core.tables import read_instructions
+from icon2.core.prompts import read_instructions
 from icon2.engines.base import Sampling
 from icon2.engines.hf import HFBackend
 from icon2.model.chat import end_of_turn_ids, pre_query_template, render_prompt

@@ -27,7 +27,7 @@ import typer
 from icon2.core.layers import middle_third
 from icon2.core.params import VLLMParams
 from icon2.core.precision import compute_device, machine, resolve_dtype
-from icon2.core.tables import read_instructions
+from icon2.core.prompts import read_instructions
 from icon2.engines.base import Backend, Sampling
 from icon2.engines.hf import HFBackend
 from icon2.engines.vllm import VLLMBackend

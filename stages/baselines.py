@@ -11,11 +11,11 @@ from icon2.core.errors import InputError
 from icon2.core.io import write_json
 from icon2.core.provenance import provenance
 from icon2.core.tables import read_kept, write_table
-from icon2.evaluate.metered import write_cost
+from icon2.engines.metered import write_cost
 from icon2.stage import load_model, open_stage, user_errors
-from icon2.steps.baseline_pairs import BASELINE_PAIR_SCHEMA
-from icon2.steps.baseline_run import run_baseline
-from icon2.steps.baselines import BASELINES, check_method
+from icon2.steps.baselines.pairs import BASELINE_PAIR_SCHEMA
+from icon2.steps.baselines.rules import BASELINES, check_method
+from icon2.steps.baselines.run import run_baseline
 
 
 @user_errors

@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
+from icon2.core.cost import records_frame
 from icon2.core.errors import InputError
 from icon2.core.io import write_csv, write_json
-from icon2.evaluate.cost import cost_ratio, cost_table, records_frame
-from icon2.evaluate.cost_report import format_table, read_cost_files
+from icon2.evaluate.cost import cost_ratio, cost_table, format_table, read_cost_files
 from icon2.stage import open_stage, user_errors
 
 

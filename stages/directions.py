@@ -9,9 +9,9 @@ import typer
 
 from icon2.core.io import write_csv, write_json
 from icon2.core.layers import resolve_layers
+from icon2.core.prompts import read_instructions
 from icon2.core.provenance import provenance
-from icon2.core.tables import read_instructions
-from icon2.evaluate.metered import count_tokens, stage_meter, write_cost
+from icon2.engines.metered import count_tokens, stage_meter, write_cost
 from icon2.model.loading import read_card
 from icon2.stage import load_model, open_stage, user_errors
 from icon2.steps.directions import direction_metrics, extract_and_save, layer_frames

@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 
 from icon2.core.io import atomic_dir, write_csv, write_json, write_jsonl
+from icon2.core.prompts import read_prompts
 from icon2.core.provenance import provenance
-from icon2.core.tables import read_prompts
 from icon2.evaluate.compare import (
     alpaca_eval_rows,
     answer,

@@ -9,7 +9,8 @@ import polars as pl
 import typer
 
 from icon2.core.io import write_csv, write_json
-from icon2.core.tables import read_pairs, read_prompts
+from icon2.core.prompts import read_prompts
+from icon2.core.tables import read_pairs
 from icon2.evaluate.leakage import (
     embedding_leakage,
     ngram_leakage,

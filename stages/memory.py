@@ -16,9 +16,11 @@ from typing import Annotated
 
 import typer
 
+from icon2.core.configs import read_config
 from icon2.core.params import load_params
 from icon2.stage import user_errors
-from icon2.train.memory import Setup, estimate, read_config, setup_fields
+from icon2.train.memory import Setup, estimate
+from icon2.train.memory_setup import setup_fields
 
 
 @user_errors

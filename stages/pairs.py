@@ -10,7 +10,7 @@ import typer
 from icon2.core.io import write_json
 from icon2.core.provenance import provenance
 from icon2.core.tables import PAIR_SCHEMA, read_kept, write_table
-from icon2.evaluate.metered import write_cost
+from icon2.engines.metered import write_cost
 from icon2.model.loading import read_card
 from icon2.stage import load_model, open_stage, user_errors
 from icon2.steps.direction_file import (

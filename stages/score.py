@@ -11,7 +11,7 @@ from icon2.core.io import write_csv
 from icon2.core.layers import resolve_layers
 from icon2.core.provenance import provenance
 from icon2.core.tables import INSTRUCTION_SCHEMA, read_table, score_schema, write_table
-from icon2.evaluate.metered import count_tokens, stage_meter, write_cost
+from icon2.engines.metered import count_tokens, stage_meter, write_cost
 from icon2.model.loading import read_card
 from icon2.stage import load_model, open_stage, user_errors
 from icon2.steps.direction_file import check_same_model, load_directions

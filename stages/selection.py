@@ -10,7 +10,7 @@ import typer
 from icon2.core.io import write_csv, write_json
 from icon2.core.provenance import provenance
 from icon2.core.tables import read_kept, write_table
-from icon2.evaluate.metered import write_cost
+from icon2.engines.metered import write_cost
 from icon2.stage import load_model, open_stage, user_errors
 from icon2.steps.direction_file import check_same_model, load_directions
 from icon2.steps.grid import layer_ranges, projection_layers, run_grid

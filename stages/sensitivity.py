@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from icon2.core.io import write_csv, write_json
-from icon2.core.tables import read_instructions
+from icon2.core.prompts import read_instructions
 from icon2.evaluate.sensitivity import feature_set_sensitivity, sensitivity_lines
 from icon2.stage import load_model, open_stage, user_errors
 from icon2.steps.direction_file import check_same_model, controlled_layers, load_directions

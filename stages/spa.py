@@ -9,12 +9,14 @@ import typer
 
 from icon2.core.io import write_json
 from icon2.core.params import load_params, spa_train_params
+from icon2.core.processes import process_state
+from icon2.core.prompts import read_prompts
 from icon2.core.provenance import provenance
-from icon2.core.tables import SPA_PAIR_SCHEMA, read_prompts, write_table
+from icon2.core.tables import SPA_PAIR_SCHEMA, write_table
 from icon2.stage import load_model, open_stage, user_errors
 from icon2.steps.self_annotation import annotate_iteration, check_previous, prompt_slice
 from icon2.train.data import to_datasets
-from icon2.train.distributed import cli_options, process_state, relaunch
+from icon2.train.distributed import cli_options, relaunch
 from icon2.train.run import curve_metrics, needs_reference, train_and_gather
 
 

@@ -9,9 +9,10 @@ import typer
 
 from icon2.core.io import write_json
 from icon2.core.params import load_params
+from icon2.core.prompts import read_instructions
 from icon2.core.provenance import provenance
-from icon2.core.tables import INSTRUCTION_SCHEMA, read_instructions, write_table
-from icon2.evaluate.metered import write_cost
+from icon2.core.tables import INSTRUCTION_SCHEMA, write_table
+from icon2.engines.metered import write_cost
 from icon2.model.embeddings import minilm_embedder
 from icon2.stage import load_model, seed_everything, user_errors
 from icon2.steps.synthesis import make_instructions

@@ -8,11 +8,12 @@ from typing import Annotated
 import typer
 
 from icon2.core.io import sha256_file, write_json
+from icon2.core.processes import process_state
 from icon2.core.provenance import provenance
 from icon2.core.tables import read_pairs
 from icon2.stage import load_model, open_stage, user_errors
 from icon2.train.data import check_tokenizer, to_datasets
-from icon2.train.distributed import cli_options, process_state, relaunch
+from icon2.train.distributed import cli_options, relaunch
 from icon2.train.run import needs_reference, train_and_gather, train_metrics
 
 

@@ -8,7 +8,8 @@ import pytest
 
 from icon2.core.errors import InputError
 from icon2.core.io import atomic_path, read_provenance
-from icon2.core.tables import read_instructions, read_table, write_table
+from icon2.core.prompts import read_instructions
+from icon2.core.tables import read_table, write_table
 
 
 def test_read_jsonl_and_parquet(tmp_path: Path) -> None:

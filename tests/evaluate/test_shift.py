@@ -16,8 +16,7 @@ from icon2.evaluate.shift import (
     summarize_shift,
 )
 from icon2.model.states import answer_token_means
-from icon2.steps.direction_file import DirectionFile
-from icon2.steps.directions import CriterionDirections
+from icon2.steps.direction_file import CriterionDirections, DirectionFile
 
 
 def test_projection_is_layer_mean_of_scaled_dot_products() -> None:

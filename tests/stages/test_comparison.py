@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from icon2.core.tables import PAIR_SCHEMA, kept_schema, read_pairs, write_table
-from icon2.steps.baseline_pairs import BASELINE_PAIR_SCHEMA
+from icon2.steps.baselines.pairs import BASELINE_PAIR_SCHEMA
 from tests.conftest import REPO, deep_update, run_stage
 from tests.stages.test_directions import FEATURES
 

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from icon2.core.errors import ModelError
-from icon2.steps.direction_file import DirectionFile, controlled_layers
-from icon2.steps.directions import CriterionDirections
+from icon2.steps.direction_file import CriterionDirections, DirectionFile, controlled_layers
 
 
 def _dfile(layers: list[int], d: int = 4) -> DirectionFile:

@@ -19,7 +19,7 @@ from icon2.steps.grid import (
     subsample,
 )
 from icon2.steps.selection import GRID_SCHEMA, SCORED_SCHEMA, apply_command
-from tests.steps.test_baseline_pairs import KEPT, StubBackend, StubScorer
+from tests.steps.baselines.test_pairs import KEPT, StubBackend, StubScorer
 from tests.steps.test_pairs import _dfile
 
 

@@ -11,8 +11,12 @@ import torch
 from icon2.core.params import load_params
 from icon2.core.tables import PAIR_SCHEMA
 from icon2.engines.base import Generation, Sampling
-from icon2.steps.direction_file import DirectionFile, layer_scale, steering_vectors
-from icon2.steps.directions import CriterionDirections
+from icon2.steps.direction_file import (
+    CriterionDirections,
+    DirectionFile,
+    layer_scale,
+    steering_vectors,
+)
 from icon2.steps.pairs import generate_pairs, steer_pairs
 
 

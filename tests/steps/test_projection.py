@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from icon2.model.states import answer_token_means
-from icon2.steps.direction_file import DirectionFile
-from icon2.steps.directions import CriterionDirections
+from icon2.steps.direction_file import CriterionDirections, DirectionFile
 from icon2.steps.projection import Projector, project
 from tests.steps.test_pairs import _dfile
 

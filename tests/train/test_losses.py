@@ -1,4 +1,4 @@
-"""Property tests for icon2.losses (CPU, small tensors, hand-computed expectations)."""
+"""Property tests for icon2.train.losses (CPU, small tensors, hand-computed expectations)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from icon2.steps.self_annotation import length_penalised_reward, prefer_first
 from icon2.train.losses import (
     ConfidenceWindow,
     dpo_loss,
     dpo_margin,
     extrapolated_logps,
-    length_penalised_reward,
-    prefer_first,
     sequence_logps,
     spa_loss,
 )

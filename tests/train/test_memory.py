@@ -10,19 +10,11 @@ from typing import Any
 
 import pytest
 
+from icon2.core.configs import read_accelerate_config, read_config
 from icon2.core.errors import InputError, ParamsError
 from icon2.core.params import load_params
-from icon2.train.memory import (
-    GIB,
-    ModelShape,
-    Setup,
-    check_choices,
-    estimate,
-    from_accelerate,
-    read_accelerate_config,
-    read_config,
-    setup_fields,
-)
+from icon2.train.memory import GIB, ModelShape, Setup, estimate
+from icon2.train.memory_setup import check_choices, from_accelerate, setup_fields
 
 from ..conftest import REPO, run_stage
 

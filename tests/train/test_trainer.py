@@ -1,8 +1,8 @@
-"""Tests for icon2.training / icon2.trainer on a tiny random Llama (CPU, a few seconds each).
+"""Tests for icon2.train.config and icon2.train.trainer on a tiny random Llama (CPU, seconds).
 
 The losses are checked against hand computations: sequences tokenised here with the chat
-template, scored with ``icon2.losses.sequence_logps`` on full logits, combined with the pure
-loss functions of ``icon2.losses`` and ``icon2.dro``.
+template, scored with ``icon2.train.losses.sequence_logps`` on full logits, combined with the pure
+loss functions of ``icon2.train.losses`` and ``icon2.train.dro``.
 """
 
 from __future__ import annotations

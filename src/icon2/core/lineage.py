@@ -43,6 +43,17 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
+def module_imports(path: Path, root: Path) -> set[Path]:
+    """The package files ``path`` imports directly: each imported module's file (a ``from``
+    target that is itself a module counts as that module)."""
+    found: set[Path] = set()
+    for name in _imports(path):
+        file = _module_file(root, name)
+        if file is not None:
+            found.add(file)
+    return found
+
+
 def import_closure(script: Path, root: Path) -> list[Path]:
     """Package files reachable from ``script`` through imports (parents' ``__init__`` too)."""
     seen: set[Path] = set()

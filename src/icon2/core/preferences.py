@@ -23,7 +23,7 @@ from typing import Any
 
 import polars as pl
 
-from icon2.core.errors import InputError
+from icon2.core.errors import InputError, first_line
 from icon2.core.io import text_id
 
 FIELDS = ("prompt", "chosen", "rejected")
@@ -67,7 +67,7 @@ def _raw_rows(path: Path) -> list[tuple[int, Any]]:
         try:
             frame = pl.read_parquet(path)
         except Exception as exc:  # polars/pyarrow raise several types for a corrupt file
-            raise InputError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
+            raise InputError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
         return list(enumerate(frame.to_dicts(), start=1))
     if path.suffix not in {".jsonl", ".json"}:
         raise InputError(f"{path}: expected a .jsonl or .parquet preference file")
@@ -158,8 +158,3 @@ def _messages(where: str, name: str, value: Any) -> list[dict[str, str]]:
             raise InputError(f"{where}: {name!r} message {i}: 'content' must be non-empty text")
         out.append({"role": role, "content": content})
     return out
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__

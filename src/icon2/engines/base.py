@@ -1,4 +1,4 @@
-"""The generation interface every engine implements (Hugging Face today, vLLM next).
+"""The generation interface every engine implements (Hugging Face and vLLM).
 
 Stages talk to ``Backend`` only. Steering is part of the request: ``vectors`` maps a
 1-based layer to per-row vectors ``[len(prompts), d]`` added at every position while that
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import torch
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 FinishReason = Literal["stop", "length"]
 
@@ -34,6 +35,19 @@ class Generation:
     text: str
     token_count: int
     finish_reason: FinishReason
+
+
+def to_generation(
+    tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], stop_ids: Sequence[int]
+) -> Generation:
+    """An answer's text and count cut at the first stop token; with none, the budget ran
+    out ("length"; trailing pads cannot occur without a stop)."""
+    stops = set(stop_ids)
+    cut = next((j for j, t in enumerate(ids) if t in stops), None)
+    kept, reason = (list(ids), "length") if cut is None else (list(ids[:cut]), "stop")
+    text = tokenizer.decode(kept, skip_special_tokens=True)
+    assert isinstance(text, str)
+    return Generation(text, len(kept), reason)  # type: ignore[arg-type]
 
 
 class Backend(Protocol):

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import DynamicCache
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from icon2.engines.base import Generation, Sampling
+from icon2.engines.base import Generation, Sampling, to_generation
 from icon2.engines.decode import decode_dropping_finished, loop_fits
 from icon2.engines.kv_cache import cache_argument, reserved_cache
 from icon2.model.chat import end_of_turn_ids
@@ -99,7 +99,7 @@ class HFBackend:
             torch.manual_seed(sampling.seed + n)
             ended = bar.n
             for i, new in zip(idx, self._new_tokens(batch, sampling, rows, bar), strict=True):
-                out[i] = self._decode(new)
+                out[i] = to_generation(self.tokenizer, new, self.stop_ids)
             bar.update(len(idx) - (bar.n - ended))  # the rows that ran to the budget
 
     def _new_tokens(
@@ -143,19 +143,6 @@ class HFBackend:
         else:
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kw
-
-    def _decode(self, ids: list[int]) -> Generation:
-        stops = set(self.stop_ids)
-        cut = next((j for j, t in enumerate(ids) if t in stops), None)
-        if cut is None:
-            # No stop token: the budget ran out (trailing pads cannot occur without a stop).
-            return Generation(self._text(ids), len(ids), "length")
-        return Generation(self._text(ids[:cut]), cut, "stop")
-
-    def _text(self, ids: list[int]) -> str:
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        assert isinstance(text, str)
-        return text
 
 
 def chat_backend(

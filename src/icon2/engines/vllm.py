@@ -29,7 +29,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from icon2.core.errors import ModelError
 from icon2.core.params import VLLMParams
-from icon2.engines.base import Generation, Sampling
+from icon2.engines.base import Generation, Sampling, to_generation
 from icon2.engines.vllm_steering import ENV_FLAG, EXTRA_KEY, GROUPS, SUPPORTED
 
 INSTALL = "pip install -e '.[vllm]' && pip uninstall -y torchvision torchaudio torchcodec"
@@ -142,7 +142,9 @@ class VLLMBackend:
                 if table:
                     self._set({})
             for i, result in zip(rows, results, strict=True):
-                out[i] = self._decode(list(result.outputs[0].token_ids))
+                out[i] = to_generation(
+                    self.tokenizer, list(result.outputs[0].token_ids), self.stop_ids
+                )
         return [g for g in out if g is not None]
 
     def close(self) -> None:
@@ -197,18 +199,6 @@ class VLLMBackend:
         else:
             kw["temperature"] = 0.0
         return kw
-
-    def _decode(self, ids: list[int]) -> Generation:
-        stops = set(self.stop_ids)
-        cut = next((j for j, t in enumerate(ids) if t in stops), None)
-        if cut is None:
-            return Generation(self._text(ids), len(ids), "length")
-        return Generation(self._text(ids[:cut]), cut, "stop")
-
-    def _text(self, ids: list[int]) -> str:
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        assert isinstance(text, str)
-        return text
 
 
 def _salt(layer_vectors: Mapping[int, list[float]]) -> str:

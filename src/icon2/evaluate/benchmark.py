@@ -32,6 +32,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from icon2.core.preferences import PreferencePair
 from icon2.core.tables import BENCHMARK_SCHEMA
 from icon2.evaluate.bootstrap import mean_ci
+from icon2.model.chat import system_turn
 from icon2.model.logprobs import pair_logps
 
 # The headline metrics, each a mean over pairs (``per_pair_outcomes``).
@@ -54,7 +55,7 @@ def conversations(
     pairs: Sequence[PreferencePair], system: str | None
 ) -> list[list[dict[str, str]]]:
     """Each pair's prompt, with ``system`` as its system turn when it has none."""
-    head = [] if system is None else [{"role": "system", "content": system}]
+    head = system_turn(system)
     return [p.prompt if p.prompt[0]["role"] == "system" else [*head, *p.prompt] for p in pairs]
 
 

@@ -16,10 +16,10 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from icon2.core.params import Params
 from icon2.engines import make_backend
 from icon2.engines.base import Generation, Sampling
-from icon2.evaluate.judge import Judge, LMJudge, RewardModelJudge
 from icon2.evaluate.winrate import summarize
 from icon2.model.chat import render_prompt
 from icon2.model.loading import ModelSource, check_weight_files, load_source, resolve
+from icon2.steps.judge import Judge, LMJudge, RewardModelJudge
 
 
 def check_judge(judge: str | None, reward_model: str | None) -> ModelSource | None:

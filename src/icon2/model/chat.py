@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from jinja2.exceptions import TemplateError
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from icon2.core.errors import ModelError
@@ -12,10 +13,13 @@ Message = dict[str, str]
 SENTINEL = "\x00ICON2_USER_SENTINEL\x00"
 
 
+def system_turn(system: str | None) -> list[Message]:
+    """The conversation's head: one system message, or none when ``system`` is None."""
+    return [] if system is None else [{"role": "system", "content": system}]
+
+
 def messages(user: str, system: str | None = None) -> list[Message]:
-    out = [] if system is None else [{"role": "system", "content": system}]
-    out.append({"role": "user", "content": user})
-    return out
+    return [*system_turn(system), {"role": "user", "content": user}]
 
 
 def render(
@@ -29,6 +33,15 @@ def render(
     )
     assert isinstance(text, str)
     return text
+
+
+def render_instructed(tokenizer: PreTrainedTokenizerBase, user: str, system: str) -> str:
+    """``user`` under the system prompt ``system``; for templates that reject a system turn
+    (e.g. Gemma's), the system text opens the user turn instead."""
+    try:
+        return render(tokenizer, messages(user, system))
+    except TemplateError:
+        return render(tokenizer, messages(f"{system}\n\n{user}"))
 
 
 def render_prompt(

@@ -12,7 +12,7 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from icon2.model.cache import cache_keyword, returned_cache
-from icon2.model.chat import Message, end_of_turn_ids, render, render_prompt
+from icon2.model.chat import Message, end_of_turn_ids, render, render_prompt, system_turn
 
 # A prompt: one user turn as text, or a conversation that ends with a user turn.
 Prompt = str | Sequence[Message]
@@ -26,7 +26,7 @@ def prompt_text(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, system: str 
     """
     if isinstance(prompt, str):
         return render_prompt(tokenizer, prompt, system)
-    head = [] if system is None else [{"role": "system", "content": system}]
+    head = system_turn(system)
     return render(tokenizer, [*head, *prompt], add_generation_prompt=True)
 
 

@@ -21,9 +21,19 @@ from safetensors.torch import load_file, save_file
 from icon2.core.errors import InputError
 from icon2.core.io import PROVENANCE_KEY, atomic_path, read_provenance
 from icon2.core.layers import resolve_layers
-from icon2.steps.directions import CriterionDirections
 
 STATS = ("evr", "contrastive_norm", "hidden_norm", "mean_projection")
+
+
+@dataclass(frozen=True)
+class CriterionDirections:
+    """Per-layer results for one criterion; every tensor's first axis is the layer."""
+
+    direction: torch.Tensor  # [L, d] unit rows
+    evr: torch.Tensor  # [L]
+    contrastive_norm: torch.Tensor  # [L] mean ||v||
+    hidden_norm: torch.Tensor  # [L] mean ||h|| over positive and negative prompts
+    mean_projection: torch.Tensor  # [L] mean v · u (> 0 by construction)
 
 
 @dataclass(frozen=True)

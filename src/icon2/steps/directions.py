@@ -8,7 +8,6 @@ difference, which is exactly the signal we want.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from icon2.core.layers import middle_third
 from icon2.core.params import DirectionsParams
 from icon2.model.chat import pre_query_template, render_prompt
 from icon2.model.states import last_token_states
+from icon2.steps.direction_file import CriterionDirections, save_directions
 
 
 def first_component(v: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -45,17 +45,6 @@ def centred_first_component(v: torch.Tensor) -> torch.Tensor:
     centred = v.double() - v.double().mean(0, keepdim=True)
     top: torch.Tensor = torch.linalg.svd(centred, full_matrices=False)[2][0]
     return top.float()
-
-
-@dataclass(frozen=True)
-class CriterionDirections:
-    """Per-layer results for one criterion; every tensor's first axis is the layer."""
-
-    direction: torch.Tensor  # [L, d] unit rows
-    evr: torch.Tensor  # [L]
-    contrastive_norm: torch.Tensor  # [L] mean ||v||
-    hidden_norm: torch.Tensor  # [L] mean ||h|| over positive and negative prompts
-    mean_projection: torch.Tensor  # [L] mean v · u (> 0 by construction)
 
 
 def directions_from_states(pos: torch.Tensor, neg: torch.Tensor) -> CriterionDirections:
@@ -121,8 +110,6 @@ def extract_and_save(
     meta: dict[str, Any],
 ) -> dict[str, CriterionDirections]:
     """Extract every criterion's directions and write them with their metadata to ``out``."""
-    from icon2.steps.direction_file import save_directions
-
     prompts = {c: (cfg.prompts[c].positive, cfg.prompts[c].negative) for c in cfg.criteria}
     dirs = extract(
         model,

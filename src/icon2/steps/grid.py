@@ -21,23 +21,22 @@ import polars as pl
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from icon2.core.cost import Meter
 from icon2.core.layers import middle_third, resolve_layers
 from icon2.core.params import Params
 from icon2.engines import make_backend
 from icon2.engines.base import Backend, Sampling
-from icon2.evaluate.cost import Meter
-from icon2.evaluate.metered import engine_devices, stage_meter
-from icon2.evaluate.scorers import make_scorer
+from icon2.engines.metered import engine_devices, stage_meter
 from icon2.model.chat import render_prompt
-from icon2.steps.baselines import Scorer
 from icon2.steps.direction_file import (
     DirectionFile,
     GammaScale,
     controlled_layers,
     steering_vectors,
 )
-from icon2.steps.pairs import pair_drop_reason
+from icon2.steps.drops import pair_drop_reason
 from icon2.steps.projection import Projector
+from icon2.steps.scorers import Scorer, make_scorer
 from icon2.steps.selection import (
     SCORED_SCHEMA,
     Rule,

@@ -13,17 +13,16 @@ import polars as pl
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from icon2.core.cost import Meter
 from icon2.core.errors import InputError
 from icon2.core.params import Params
 from icon2.core.tables import PAIR_SCHEMA
 from icon2.engines import make_backend
-from icon2.engines.base import Backend, Generation, Sampling
-from icon2.evaluate.cost import Meter
-from icon2.evaluate.metered import MeteredBackend, engine_devices, stage_meter
-from icon2.model.chat import render_prompt
+from icon2.engines.base import Backend, Sampling
+from icon2.engines.metered import MeteredBackend, engine_devices, stage_meter
+from icon2.model.chat import render_prompt, system_turn
 from icon2.steps.direction_file import DirectionFile, GammaScale, steering_vectors
-
-DROP_REASONS = ("empty", "truncated", "identical")
+from icon2.steps.drops import DROP_REASONS, pair_drop_reason
 
 
 def generate_pairs(
@@ -52,7 +51,7 @@ def generate_pairs(
     """
     rows = kept.to_dicts()
     prompts = [render_prompt(tokenizer, r["instruction"], system) for r in rows]
-    head = [] if system is None else [{"role": "system", "content": system}]
+    head = system_turn(system)
     criteria = [r["criterion"] for r in rows]
     n = len(rows)
     # Chosen and rejected rows go through one batched call: per-row vectors carry the
@@ -139,16 +138,3 @@ def steer_pairs(
         system=p.base.system_prompt,
     )
     return pairs, counts, meter
-
-
-def pair_drop_reason(chosen: Generation, rejected: Generation) -> str | None:
-    """A4's drop rule (one of ``DROP_REASONS``, checked in that order), or None to keep the
-    pair; the selection grid (A6) applies the same rule to its pairs."""
-    a, b = chosen.text.strip(), rejected.text.strip()
-    if not a or not b:
-        return "empty"
-    if chosen.finish_reason != "stop" or rejected.finish_reason != "stop":
-        return "truncated"
-    if a == b:
-        return "identical"
-    return None

@@ -1,7 +1,7 @@
 """A6: choosing γ⁺, γ⁻ and the layer range without training (ICON² appendix J).
 
 Pairs are generated for a small subsample under every (layer range, γ⁺, γ⁻) of a grid.
-Every pair goes through A4's drop rule (:func:`icon2.steps.pairs.pair_drop_reason`: empty,
+Every pair goes through A4's drop rule (:func:`icon2.steps.drops.pair_drop_reason`: empty,
 truncated or identical answers carry no signal); every mean and share below is over the
 pairs A4 would **keep**, and each setting reports how many it kept and dropped, by reason.
 
@@ -36,7 +36,7 @@ from typing import Any, get_args
 import polars as pl
 
 from icon2.core.params import SelectCriterion
-from icon2.steps.pairs import DROP_REASONS
+from icon2.steps.drops import DROP_REASONS
 
 SCORED_SCHEMA: dict[str, pl.DataType] = {  # one row per generated pair
     "layer_range": pl.String(),

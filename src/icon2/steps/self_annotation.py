@@ -17,16 +17,43 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from icon2.core.errors import InputError, ParamsError
 from icon2.core.params import Params
+from icon2.core.processes import all_ranks, process_state
 from icon2.core.tables import SPA_PAIR_SCHEMA
 from icon2.engines import make_backend
 from icon2.engines.base import Backend, Sampling
-from icon2.model.chat import render_prompt
+from icon2.model.chat import render_prompt, system_turn
 from icon2.model.logprobs import response_logps
-from icon2.train.distributed import all_ranks, process_state
-from icon2.train.losses import length_penalised_reward, prefer_first
 
 # The counts an iteration reports in its metrics (the rest describe the sampling).
 HEADLINE = ("pairs", "truncated_responses", "tied_rewards", "mean_reward_gap")
+
+
+def length_penalised_reward(
+    logp_policy: torch.Tensor, logp_init: torch.Tensor, lengths: torch.Tensor, beta: float, a: float
+) -> torch.Tensor:
+    """SPA labelling reward ``beta (log pi_t(y|x) - log pi_init(y|x)) - a |y|``, shape ``[B]``.
+
+    Raises:
+        ValueError: If ``beta <= 0``, ``a < 0`` or the shapes differ.
+    """
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    if a < 0:
+        raise ValueError(f"a must be >= 0, got {a}")
+    if not logp_policy.shape == logp_init.shape == lengths.shape:
+        raise ValueError(f"shape mismatch: {logp_policy.shape}, {logp_init.shape}, {lengths.shape}")
+    return beta * (logp_policy - logp_init) - a * lengths.to(logp_policy.dtype)
+
+
+def prefer_first(reward1: torch.Tensor, reward2: torch.Tensor) -> torch.Tensor:
+    """Whether ``p(y1 > y2) = sigmoid(r1 - r2) > 0.5``, as a bool ``[B]`` tensor.
+
+    Compared as ``r1 - r2 > 0``, which is equivalent but immune to sigmoid rounding to exactly
+    0.5 for tiny differences. Ties give False.
+    """
+    if reward1.shape != reward2.shape:
+        raise ValueError(f"shape mismatch: {reward1.shape} vs {reward2.shape}")
+    return (reward1 - reward2) > 0
 
 
 def order_pairs(
@@ -164,7 +191,7 @@ def self_annotate(
         system=system,
         batch_size=batch_size,
     )
-    head = [] if system is None else [{"role": "system", "content": system}]
+    head = system_turn(system)
     rows = []
     for j, x in enumerate(xs):
         wins = bool(first_wins[j])

@@ -15,13 +15,13 @@ import polars as pl
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from icon2.core.cost import Meter
 from icon2.core.errors import InputError
 from icon2.core.params import Params
 from icon2.core.tables import RAW_SCHEMA
 from icon2.engines import make_backend
 from icon2.engines.base import Backend, Sampling
-from icon2.evaluate.cost import Meter
-from icon2.evaluate.metered import MeteredBackend, engine_devices, stage_meter
+from icon2.engines.metered import MeteredBackend, engine_devices, stage_meter
 from icon2.model.chat import pre_query_template
 from icon2.model.embeddings import Embedder
 from icon2.steps.cleaning import clean, distinct_n, length_stats

@@ -28,13 +28,13 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 import torch
-from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 
+from icon2.core.configs import read_accelerate_config
 from icon2.core.errors import InputError, ParamsError
 from icon2.core.precision import compute_device, resolve_mixed
+from icon2.core.processes import process_state
 from icon2.train.losses import ConfidenceWindow
-from icon2.train.memory import read_accelerate_config
 
 T = TypeVar("T")
 LAUNCHED = "ICON2_ACCELERATE_LAUNCHED"
@@ -107,22 +107,6 @@ def cli_options(values: Mapping[str, object]) -> list[str]:
         if value is not None:
             out += [f"--{name.replace('_', '-')}", str(value)]
     return out
-
-
-def process_state() -> PartialState:
-    """The process group (created on first use; it also picks this rank's GPU)."""
-    return PartialState(cpu=not torch.cuda.is_available())
-
-
-def is_main_process() -> bool:
-    return bool(process_state().is_main_process)
-
-
-def all_ranks(obj: T) -> list[T]:
-    """``obj`` from every process, in rank order (``[obj]`` with one process)."""
-    if process_state().num_processes == 1:
-        return [obj]
-    return list(gather_object([obj]))
 
 
 def full_state_dict(trainer: Any) -> dict[str, torch.Tensor] | None:

@@ -8,8 +8,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from datasets import Dataset
+from torch.utils.data import DataLoader
 
+from icon2.train.batches import PAIR_INDEX, fused_logps
+from icon2.train.distributed import gather_confidences, rank_shard
 from icon2.train.dro import WorstCase, pair_weights
+from icon2.train.losses import dpo_margin
 
 FloatArray = np.ndarray[Any, np.dtype[np.float64]]
 
@@ -96,3 +101,44 @@ class DROState:
             alpha[:, 0] = 1.0
             return alpha, torch.zeros(len(pair_index), self.pieces)
         return torch.from_numpy(self.alpha[pair_index]), torch.from_numpy(self.q[pair_index])
+
+
+def training_confidences(
+    trainer: Any,
+) -> tuple[np.ndarray[Any, np.dtype[np.int64]], np.ndarray[Any, np.dtype[np.float64]]]:
+    """``(pair indices, ξ)`` over ``trainer``'s whole training set (an ``Icon2DPOTrainer``),
+    sorted by pair index: ξ_i = σ(Δ_i) of the current policy, each rank scoring its share."""
+    dataset = trainer.train_dataset
+    if not isinstance(dataset, Dataset):
+        raise TypeError("loss 'dro' needs a map-style training Dataset")
+    # Each rank scores its share of the pairs; gather_confidences below joins them.
+    loader = DataLoader(
+        trainer._remove_unused_columns(dataset.select(rank_shard(len(dataset)))),
+        batch_size=trainer.args.precompute_ref_batch_size
+        or trainer.args.per_device_eval_batch_size,
+        collate_fn=trainer.data_collator,
+        shuffle=False,
+        num_workers=0,
+    )
+    indices, confidences = [], []
+    policy = trainer._policy
+    was_training = policy.training
+    policy.eval()
+    try:
+        with torch.no_grad(), trainer._no_checkpointing(), trainer.accelerator.autocast():
+            for raw in loader:
+                batch = trainer._prepare_inputs(raw)
+                pol_w, pol_l = fused_logps(policy, batch)
+                ref_w, ref_l = trainer._reference_logps(batch)
+                delta = dpo_margin(pol_w, pol_l, ref_w, ref_l, trainer.beta)
+                confidences.append(torch.sigmoid(delta.double()).cpu())
+                indices.append(batch[PAIR_INDEX].cpu())
+    finally:
+        policy.train(was_training)
+    index = torch.cat(indices).numpy().astype(np.int64)
+    index, xi = gather_confidences(index, torch.cat(confidences).numpy())
+    # Rows are looked up by index, so duplicates would share a row and negatives wrap around.
+    if np.unique(index).size != index.size or index.min() < 0:
+        raise ValueError(f"the {PAIR_INDEX!r} column must hold distinct non-negative ints")
+    order = np.argsort(index, kind="stable")
+    return index[order], xi[order]

@@ -190,32 +190,6 @@ def spa_loss(
     return losses, z
 
 
-def length_penalised_reward(
-    logp_policy: torch.Tensor, logp_init: torch.Tensor, lengths: torch.Tensor, beta: float, a: float
-) -> torch.Tensor:
-    """SPA labelling reward ``beta (log pi_t(y|x) - log pi_init(y|x)) - a |y|``, shape ``[B]``.
-
-    Raises:
-        ValueError: If ``beta <= 0``, ``a < 0`` or the shapes differ.
-    """
-    if beta <= 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
-    if a < 0:
-        raise ValueError(f"a must be >= 0, got {a}")
-    _check_same_shape(logp_policy=logp_policy, logp_init=logp_init, lengths=lengths)
-    return beta * (logp_policy - logp_init) - a * lengths.to(logp_policy.dtype)
-
-
-def prefer_first(reward1: torch.Tensor, reward2: torch.Tensor) -> torch.Tensor:
-    """Whether ``p(y1 > y2) = sigmoid(r1 - r2) > 0.5``, as a bool ``[B]`` tensor.
-
-    Compared as ``r1 - r2 > 0``, which is equivalent but immune to sigmoid rounding to exactly
-    0.5 for tiny differences. Ties give False.
-    """
-    _check_same_shape(reward1=reward1, reward2=reward2)
-    return (reward1 - reward2) > 0
-
-
 def dro_pair_losses(
     delta: torch.Tensor,
     alpha: torch.Tensor,

@@ -29,18 +29,14 @@ lengths and the attention kernel; treat "fits" within ~10 % as "try it".
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-
-import yaml
 
 from icon2.core.errors import InputError, ParamsError
 
 if TYPE_CHECKING:  # pydantic only, but the plan needs no params module at import time
-    from icon2.core.params import TrainSection
+    pass
 
 Precision = Literal["fp32", "bf16", "fp16"]
 Sharding = Literal["none", "zero1", "zero2", "zero3", "fsdp"]
@@ -224,137 +220,3 @@ def estimate(config: Mapping[str, Any], setup: Setup) -> MemoryPlan:
     terms["logits"] = tokens * shape.vocab * (2 * w + 8) if s.loss == "spa" else 0.0
     terms["overhead"] = s.overhead_gib * GIB
     return MemoryPlan(model_params=n, setup=setup, terms=terms)
-
-
-def read_config(path: Path) -> dict[str, Any]:
-    """A model's ``config.json`` (``path`` is the file or the model directory).
-
-    Raises:
-        InputError: If the file is missing or not a JSON object.
-    """
-    file = path / "config.json" if path.is_dir() else path
-    if not file.is_file():
-        raise InputError(f"{file}: no such file (expected a model directory or its config.json)")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{file}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{file}: expected a JSON object")
-    return data
-
-
-def read_accelerate_config(path: Path) -> dict[str, Any]:
-    """An ``accelerate`` config file, parsed (``accelerate launch --config_file`` reads it).
-
-    Raises:
-        InputError: If the file is missing, is not YAML or is not a mapping.
-    """
-    if not path.is_file():
-        raise InputError(f"{path}: accelerate config file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path}: not a valid accelerate config (YAML: {first})") from None
-    if not isinstance(data, dict) or "distributed_type" not in data:
-        raise InputError(f"{path}: not an accelerate config (no distributed_type key)")
-    return data
-
-
-def from_accelerate(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The :class:`Setup` fields an ``accelerate`` config file decides (parsed YAML).
-
-    Returns:
-        ``gpus`` and ``sharding`` (and offload flags, ``precision`` when mixed precision is
-        set) for ``distributed_type`` NO/MULTI_GPU/DEEPSPEED/FSDP.
-
-    Raises:
-        InputError: For another distributed type or FSDP sharding strategy.
-    """
-    kind = str(config.get("distributed_type", "NO"))
-    out: dict[str, Any] = {"gpus": int(config.get("num_processes", 1) or 1)}
-    mixed = str(config.get("mixed_precision", "no"))
-    if mixed in ("bf16", "fp16"):
-        out["precision"] = mixed
-    if kind in ("NO", "MULTI_GPU", "MULTI_CPU"):
-        out["sharding"] = "none"
-    elif kind == "DEEPSPEED":
-        ds = config.get("deepspeed_config") or {}
-        stage = int(ds.get("zero_stage", 0))
-        out["sharding"] = "none" if stage == 0 else f"zero{stage}"
-        out["offload_optimizer"] = str(ds.get("offload_optimizer_device", "none")) != "none"
-        out["offload_params"] = str(ds.get("offload_param_device", "none")) != "none"
-    elif kind == "FSDP":
-        fsdp = config.get("fsdp_config") or {}
-        strategy = str(fsdp.get("fsdp_sharding_strategy", "FULL_SHARD"))
-        by_strategy = {"FULL_SHARD": "fsdp", "SHARD_GRAD_OP": "zero2", "NO_SHARD": "none"}
-        if strategy not in by_strategy:
-            raise InputError(f"fsdp_sharding_strategy {strategy!r}: not one of {list(by_strategy)}")
-        out["sharding"] = by_strategy[strategy]
-        offload = bool(fsdp.get("fsdp_offload_params", False))
-        out["offload_optimizer"] = out["offload_params"] = offload and strategy == "FULL_SHARD"
-    else:
-        raise InputError(
-            f"distributed_type {kind!r} is not planned (NO, MULTI_GPU, DEEPSPEED, FSDP)"
-        )
-    return out
-
-
-CHOICES: dict[str, tuple[str, ...]] = {
-    "sharding": ("none", "zero1", "zero2", "zero3", "fsdp"),
-    "precision": ("fp32", "bf16", "fp16"),
-    "reference": ("model", "precomputed"),
-    "loss": ("dpo", "spa", "dro"),
-    "optimizer": ("adamw", "adamw_16bit"),
-}
-
-
-def check_choices(fields: Mapping[str, Any]) -> None:
-    """Refuse a :class:`Setup` field value outside :data:`CHOICES`, naming its option.
-
-    Raises:
-        ParamsError: e.g. ``--sharding: 'zero4' is not one of (...)``.
-    """
-    for key, allowed in CHOICES.items():
-        if key in fields and fields[key] not in allowed:
-            raise ParamsError(f"--{key.replace('_', '-')}: {fields[key]!r} is not one of {allowed}")
-
-
-def setup_fields(
-    train: TrainSection | None,
-    accelerate_config: Path | None,
-    given: Mapping[str, Any],
-    *,
-    gpu_gib: float,
-) -> dict[str, Any]:
-    """The checked :class:`Setup` fields of a plan, from (lowest precedence first) the
-    ``train`` section, the accelerate config (``accelerate_config``, else the one ``train``
-    names) and ``given`` (command-line values; None = not given).
-
-    Raises:
-        ParamsError: a value outside :data:`CHOICES`.
-        InputError: an unreadable accelerate config (:func:`read_accelerate_config`).
-    """
-    fields: dict[str, Any] = {"gpu_gib": gpu_gib}
-    if train is not None:
-        # SPA mixes reference logits in every step, so it always keeps the reference model.
-        precomputed = train.precompute_ref_log_probs and train.loss != "spa"
-        fields.update(
-            # The plan is for a GPU, where `auto` resolves to bf16 on every bf16-capable one.
-            precision="bf16" if train.precision == "auto" else train.precision,
-            per_device_batch=train.per_device_train_batch_size,
-            max_length=train.max_length,
-            gradient_checkpointing=train.gradient_checkpointing,
-            loss=train.loss,
-            reference="precomputed" if precomputed else "model",
-        )
-        if accelerate_config is None and train.accelerate_config is not None:
-            accelerate_config = Path(train.accelerate_config)
-    if accelerate_config is not None:
-        fields.update(from_accelerate(read_accelerate_config(accelerate_config)))
-    fields.update({k: v for k, v in given.items() if v is not None})
-    if fields.get("loss") == "spa" and given.get("reference") is None:
-        fields["reference"] = "model"  # SPA mixes reference logits in every step
-    check_choices(fields)
-    return fields

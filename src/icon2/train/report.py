@@ -3,7 +3,10 @@ curves are written live by :mod:`icon2.train.live`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+import torch
 
 STEP_KEYS = {
     "loss": "loss",
@@ -59,3 +62,25 @@ def headline(history: list[dict[str, Any]]) -> dict[str, float]:
     evals = final_eval(history)
     out.update({f"eval_{k}": evals[k] for k in HEADLINE_EVAL if k in evals})
     return out
+
+
+def reward_metrics(
+    gather: Callable[[torch.Tensor], torch.Tensor],
+    beta: float,
+    pol_w: torch.Tensor,
+    pol_l: torch.Tensor,
+    ref_w: torch.Tensor,
+    ref_l: torch.Tensor,
+) -> dict[str, float]:
+    """The subset of TRL's DPO step metrics that needs no fused-head extras, over every rank
+    (``gather``: the accelerator's ``gather_for_metrics``)."""
+    chosen = beta * (pol_w - ref_w).detach()
+    rejected = beta * (pol_l - ref_l).detach()
+    return {
+        "rewards/chosen": gather(chosen).mean().item(),
+        "rewards/rejected": gather(rejected).mean().item(),
+        "rewards/accuracies": gather((chosen > rejected).float()).mean().item(),
+        "rewards/margins": gather(chosen - rejected).mean().item(),
+        "logps/chosen": gather(pol_w.detach()).mean().item(),
+        "logps/rejected": gather(pol_l.detach()).mean().item(),
+    }

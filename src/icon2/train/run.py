@@ -23,9 +23,10 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from icon2.core.io import atomic_dir, weights_hash
 from icon2.core.params import TrainParams
+from icon2.core.processes import is_main_process
 from icon2.model.loading import MODEL_CARD
 from icon2.train.config import make_trainer
-from icon2.train.distributed import full_state_dict, is_main_process
+from icon2.train.distributed import full_state_dict
 from icon2.train.live import LiveCurves
 from icon2.train.report import headline
 from icon2.train.trainer import Icon2DPOTrainer

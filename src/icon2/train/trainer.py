@@ -24,11 +24,8 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from datasets import Dataset
-from torch.utils.data import DataLoader
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.dpo_config import DPOConfig
 from trl.trainer.dpo_trainer import DPOTrainer
@@ -46,12 +43,10 @@ from icon2.train.callbacks import StepTimer, StepTiming
 from icon2.train.data import tokenize_truncated, truncated_count
 from icon2.train.distributed import (
     GlobalConfidenceWindow,
-    gather_confidences,
-    rank_shard,
     solve_on_main,
 )
 from icon2.train.dro import WorstCase, solve_in_groups, tangent_pieces
-from icon2.train.dro_state import DROState
+from icon2.train.dro_state import DROState, training_confidences
 from icon2.train.losses import (
     dpo_margin,
     dro_pair_losses,
@@ -59,6 +54,7 @@ from icon2.train.losses import (
     sequence_logps,
     spa_loss,
 )
+from icon2.train.report import reward_metrics
 
 if TYPE_CHECKING:  # the params are only needed for typing
     from icon2.core.params import DROParams, SPAParams
@@ -224,7 +220,11 @@ class Icon2DPOTrainer(DPOTrainer):
                 "spa/active": float(active),
             }
         )
-        self._log_reward_metrics(pol_w, pol_l, ref_w, ref_l)
+        self._log_train_metrics(
+            reward_metrics(
+                self.accelerator.gather_for_metrics, self.beta, pol_w, pol_l, ref_w, ref_l
+            )
+        )
         return losses.mean()
 
     # --- DRO -------------------------------------------------------------------------------
@@ -248,7 +248,11 @@ class Icon2DPOTrainer(DPOTrainer):
                 "dro/plain_loss": gather(-F.logsigmoid(delta.detach())).mean().item(),
             }
         )
-        self._log_reward_metrics(pol_w, pol_l, ref_w, ref_l)
+        self._log_train_metrics(
+            reward_metrics(
+                self.accelerator.gather_for_metrics, self.beta, pol_w, pol_l, ref_w, ref_l
+            )
+        )
         return losses.mean()
 
     def _reference_logps(self, inputs: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,7 +281,7 @@ class Icon2DPOTrainer(DPOTrainer):
             The new solution (rows in ascending pair index), also stored on the trainer.
         """
         start = time.perf_counter()
-        index, xi = self._training_confidences()
+        index, xi = training_confidences(self)
         solved_from = time.perf_counter()
         params = self.dro_params
         # One LP on the main process; every rank gets the same weights.
@@ -297,65 +301,9 @@ class Icon2DPOTrainer(DPOTrainer):
         )
         return sol
 
-    def _training_confidences(
-        self,
-    ) -> tuple[np.ndarray[Any, np.dtype[np.int64]], np.ndarray[Any, np.dtype[np.float64]]]:
-        """``(pair indices, ξ)`` over the whole training set, sorted by pair index."""
-        dataset = self.train_dataset
-        if not isinstance(dataset, Dataset):
-            raise TypeError("loss 'dro' needs a map-style training Dataset")
-        # Each rank scores its share of the pairs; gather_confidences below joins them.
-        loader = DataLoader(
-            self._remove_unused_columns(dataset.select(rank_shard(len(dataset)))),
-            batch_size=self.args.precompute_ref_batch_size or self.args.per_device_eval_batch_size,
-            collate_fn=self.data_collator,
-            shuffle=False,
-            num_workers=0,
-        )
-        indices, confidences = [], []
-        policy = self._policy
-        was_training = policy.training
-        policy.eval()
-        try:
-            with torch.no_grad(), self._no_checkpointing(), self.accelerator.autocast():
-                for raw in loader:
-                    batch = self._prepare_inputs(raw)
-                    pol_w, pol_l = fused_logps(policy, batch)
-                    ref_w, ref_l = self._reference_logps(batch)
-                    delta = dpo_margin(pol_w, pol_l, ref_w, ref_l, self.beta)
-                    confidences.append(torch.sigmoid(delta.double()).cpu())
-                    indices.append(batch[PAIR_INDEX].cpu())
-        finally:
-            policy.train(was_training)
-        index = torch.cat(indices).numpy().astype(np.int64)
-        index, xi = gather_confidences(index, torch.cat(confidences).numpy())
-        # Rows are looked up by index, so duplicates would share a row and negatives wrap around.
-        if np.unique(index).size != index.size or index.min() < 0:
-            raise ValueError(f"the {PAIR_INDEX!r} column must hold distinct non-negative ints")
-        order = np.argsort(index, kind="stable")
-        return index[order], xi[order]
-
     # --- metrics ---------------------------------------------------------------------------
 
     def _log_train_metrics(self, values: Mapping[str, float]) -> None:
         # TRL's log() averages everything appended here since the last logging step.
         for key, value in values.items():
             self._metrics["train"][key].append(value)
-
-    def _log_reward_metrics(
-        self, pol_w: torch.Tensor, pol_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor
-    ) -> None:
-        # The subset of TRL's DPO metrics that does not need its fused-head extras.
-        gather = self.accelerator.gather_for_metrics
-        chosen = self.beta * (pol_w - ref_w).detach()
-        rejected = self.beta * (pol_l - ref_l).detach()
-        self._log_train_metrics(
-            {
-                "rewards/chosen": gather(chosen).mean().item(),
-                "rewards/rejected": gather(rejected).mean().item(),
-                "rewards/accuracies": gather((chosen > rejected).float()).mean().item(),
-                "rewards/margins": gather(chosen - rejected).mean().item(),
-                "logps/chosen": gather(pol_w.detach()).mean().item(),
-                "logps/rejected": gather(pol_l.detach()).mean().item(),
-            }
-        )

@@ -38,7 +38,7 @@ class SPAParams(_Section):
 
 
 class DROParams(_Section):
-    """Wasserstein-DRO reweighting of the DPO loss (see :mod:`icon2.dro`)."""
+    """Wasserstein-DRO reweighting of the DPO loss (see :mod:`icon2.train.dro`)."""
 
     eps: float = Field(0.05, ge=0.0)
     pieces: int = Field(5, ge=1)
@@ -99,7 +99,7 @@ class TrainParams(_Section):
 
 
 class TrainSection(TrainParams):
-    """A5 / parts B–C: TRL's DPOConfig is built from these fields (icon2.training)."""
+    """A5 / parts B–C: TRL's DPOConfig is built from these fields (icon2.train.config)."""
 
     # The preference table to train on: the pairs stage's output, or a user's seed
     # preference file in the same conversational format (prompt/chosen/rejected).

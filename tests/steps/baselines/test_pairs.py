@@ -8,10 +8,10 @@ import numpy as np
 import polars as pl
 import torch
 
+from icon2.core.cost import Meter
 from icon2.core.tables import PAIR_SCHEMA
 from icon2.engines.base import Generation, Sampling
-from icon2.evaluate.cost import Meter
-from icon2.steps import baseline_pairs as run
+from icon2.steps.baselines import pairs as run
 from tests.tiny import build_tokenizer
 
 KEPT = pl.DataFrame(

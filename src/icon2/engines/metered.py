@@ -1,7 +1,7 @@
 """Cost records for stages that generate through a :class:`Backend` or read with a model.
 
 :class:`MeteredBackend` wraps any engine: each ``generate`` call adds its wall time, the
-tokens it generated and the prompt tokens it read to a :class:`~icon2.evaluate.cost.Meter`,
+tokens it generated and the prompt tokens it read to a :class:`~icon2.core.cost.Meter`,
 so a stage records its cost by wrapping the backend it already builds, in one line.
 :func:`write_cost` writes a stage's records as ``{"cost": [record, ...]}``, the file the
 ``cost`` stage sums (kept out of the metrics files so ``dvc metrics show`` stays short).
@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from icon2.core.cost import Category, Meter, device_kind
 from icon2.core.io import write_json
 from icon2.core.params import Params
 from icon2.engines.base import Backend, Generation, Sampling
-from icon2.evaluate.cost import Category, Meter, device_kind
 from icon2.model.loading import pick_device
 
 

@@ -8,19 +8,18 @@ import numpy as np
 import pytest
 
 from icon2.core.errors import InputError, ModelError
-from icon2.steps.baselines import (
+from icon2.steps.baselines.rules import (
     Choice,
-    Scorer,
     check_method,
-    check_reward_model_dir,
     direct_prompt_systems,
-    drop_reason,
     pairwise_choice,
     rank_samples,
     refine_message,
     refine_rejected_index,
     score_samples,
 )
+from icon2.steps.drops import drop_reason
+from icon2.steps.scorers import Scorer, check_reward_model_dir
 
 
 class StubScorer:

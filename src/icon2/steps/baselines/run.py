@@ -2,7 +2,7 @@
 
 :func:`run_baseline` builds the engine, the decoding settings and the meters from the
 ``pairs`` and ``baselines`` sections, runs the method's generator from
-:mod:`icon2.steps.baseline_pairs` and turns its choices into the pair table and counts.
+:mod:`icon2.steps.baselines.pairs` and turns its choices into the pair table and counts.
 """
 
 from __future__ import annotations
@@ -15,15 +15,13 @@ import polars as pl
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from icon2.core.cost import Meter
 from icon2.core.errors import InputError
 from icon2.core.params import Params
 from icon2.engines import make_backend
 from icon2.engines.base import Sampling
-from icon2.evaluate.cost import Meter
-from icon2.evaluate.judge import LMJudge
-from icon2.evaluate.metered import engine_devices, stage_meter
-from icon2.evaluate.scorers import make_scorer
-from icon2.steps.baseline_pairs import (
+from icon2.engines.metered import engine_devices, stage_meter
+from icon2.steps.baselines.pairs import (
     BaselineInputs,
     direct_prompting,
     pair_table,
@@ -31,6 +29,8 @@ from icon2.steps.baseline_pairs import (
     self_refine,
     self_rewarding,
 )
+from icon2.steps.judge import LMJudge
+from icon2.steps.scorers import make_scorer
 
 
 @dataclass(frozen=True)

@@ -17,24 +17,24 @@ import numpy as np
 import polars as pl
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from icon2.core.cost import Meter
 from icon2.core.tables import PAIR_SCHEMA
 from icon2.engines.base import Backend, Generation, Sampling
-from icon2.evaluate.cost import Meter
-from icon2.evaluate.judge import LMJudge
-from icon2.evaluate.metered import count_tokens
-from icon2.model.chat import render_prompt
-from icon2.steps.baselines import (
+from icon2.engines.metered import count_tokens
+from icon2.model.chat import render_prompt, system_turn
+from icon2.steps.baselines.rules import (
     DROP_REASONS,
     Choice,
-    Scorer,
     direct_prompt_systems,
-    drop_reason,
     pairwise_choice,
     rank_samples,
     refine_message,
     refine_rejected_index,
     score_samples,
 )
+from icon2.steps.drops import drop_reason, pair_drop_reason
+from icon2.steps.judge import LMJudge
+from icon2.steps.scorers import Scorer
 
 BASELINE_PAIR_SCHEMA: dict[str, pl.DataType] = {
     **PAIR_SCHEMA,
@@ -103,8 +103,8 @@ def self_rewarding(
         p_ba = judge.order_probability(instructions, second, first)
     meter.tokens_read += count_tokens(
         inp.tokenizer,
-        [judge._prompt(i, a, b) for i, a, b in zip(instructions, first, second, strict=True)]
-        + [judge._prompt(i, b, a) for i, a, b in zip(instructions, first, second, strict=True)],
+        [judge.prompt(i, a, b) for i, a, b in zip(instructions, first, second, strict=True)]
+        + [judge.prompt(i, b, a) for i, a, b in zip(instructions, first, second, strict=True)],
     )
     return pairwise_choice(first, second, p_ab, p_ba, finished=finished, tie_margin=tie_margin)
 
@@ -160,7 +160,7 @@ def direct_prompting(
     counts = dict.fromkeys(DROP_REASONS, 0)
     out: list[Choice | None] = []
     for c, r in zip(gens[:n], gens[n:], strict=True):
-        reason = drop_reason(c.text, r.text, c.finish_reason == "stop", r.finish_reason == "stop")
+        reason = pair_drop_reason(c, r)
         if reason:
             counts[reason] += 1
             out.append(None)
@@ -173,7 +173,7 @@ def pair_table(
     inp: BaselineInputs, choices: Sequence[Choice | None], *, method: str, scorer: str
 ) -> pl.DataFrame:
     """Kept choices as rows of ``BASELINE_PAIR_SCHEMA`` (γ and layer columns empty)."""
-    head = [] if inp.system is None else [{"role": "system", "content": inp.system}]
+    head = system_turn(inp.system)
     rows: list[dict[str, Any]] = []
     for r, ch in zip(inp.kept.iter_rows(named=True), choices, strict=True):
         if ch is None:

@@ -11,8 +11,8 @@ import torch
 from scipy.special import expit
 
 from icon2.core.errors import ModelError
-from icon2.evaluate.judge import JUDGE_TEMPLATE, LMJudge, RewardModelJudge
 from icon2.model.chat import messages, render
+from icon2.steps.judge import JUDGE_TEMPLATE, LMJudge, RewardModelJudge
 from tests.tiny import build_tiny_model
 
 INSTRUCTIONS = [

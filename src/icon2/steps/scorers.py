@@ -1,4 +1,4 @@
-"""The two :class:`~icon2.steps.baselines.Scorer` implementations (METHOD A6, A7).
+"""The two :class:`~icon2.steps.scorers.Scorer` implementations (METHOD A6, A7).
 
 * :class:`RewardModelScorer` — a local reward model: a sequence classifier with one output,
   scoring the chat-rendered conversation [user: instruction, assistant: answer].
@@ -13,22 +13,36 @@
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
-from jinja2.exceptions import TemplateError
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from icon2.core.errors import ModelError
-from icon2.evaluate.judge import RewardModelJudge
-from icon2.model.chat import messages, render
+from icon2.model.chat import render_instructed
 from icon2.model.hooks import tokenize_left
 from icon2.model.loading import require_chat_template
-from icon2.steps.baselines import Scorer, check_reward_model_dir
+from icon2.steps.judge import RewardModelJudge, over_unique
+
+
+class Scorer(Protocol):
+    """Pointwise quality of an answer to an instruction (higher is better).
+
+    Implemented by a local reward model (a sequence classifier with one output) and by
+    the local LLM judge's pointwise score; ``name`` goes into every table it scores.
+    """
+
+    name: str
+
+    def score(self, instructions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+        """float64 [n] scores of answers[i] to instructions[i]."""
+        ...
+
 
 RATING_SYSTEM = "You are an impartial judge. You rate how good an answer to an instruction is."
 RATING_TEMPLATE = (
@@ -81,10 +95,7 @@ class JudgeScorer:
         user = RATING_TEMPLATE.format(
             instruction=instruction, answer=answer[: self.max_answer_chars]
         )
-        try:
-            return render(self.tokenizer, messages(user, RATING_SYSTEM))
-        except TemplateError:  # templates that reject a system turn
-            return render(self.tokenizer, messages(f"{RATING_SYSTEM}\n\n{user}"))
+        return render_instructed(self.tokenizer, user, RATING_SYSTEM)
 
     @torch.no_grad()
     def _expected(self, texts: list[str]) -> torch.Tensor:
@@ -104,12 +115,7 @@ class JudgeScorer:
         texts = [self._prompt(i, a) for i, a in zip(instructions, answers, strict=True)]
         # Distinct texts once, in sorted order: identical answers score identically and the
         # result does not depend on the order the caller passes them in.
-        unique = sorted(set(texts), key=lambda t: (len(t), t))
-        values: dict[str, float] = {}
-        for start in range(0, len(unique), self.batch_size):
-            chunk = unique[start : start + self.batch_size]
-            values.update(zip(chunk, self._expected(chunk).double().cpu().tolist(), strict=True))
-        return np.array([values[t] for t in texts], dtype=np.float64)
+        return over_unique(texts, self.batch_size, self._expected)
 
 
 class RewardModelScorer:
@@ -128,6 +134,27 @@ class RewardModelScorer:
 
     def score(self, instructions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
         return self.judge.score(instructions, answers)
+
+
+def check_reward_model_dir(folder: Path) -> None:
+    """Refuse a reward-model directory that is not a one-output sequence classifier.
+
+    Reads only ``config.json``: loading a causal LM as a classifier would silently attach a
+    random head and score noise.
+    """
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ModelError(f"{folder}: no config.json; expected a local reward-model directory")
+    config: dict[str, Any] = json.loads(config_path.read_text())
+    archs = [str(a) for a in config.get("architectures") or []]
+    if not any(a.endswith("ForSequenceClassification") for a in archs):
+        raise ModelError(
+            f"{folder}: architectures {archs} are not a sequence classifier "
+            f"(*ForSequenceClassification); a reward model must score a sequence"
+        )
+    labels = config.get("num_labels", len(config.get("id2label") or {0: ""}))
+    if int(labels) != 1:
+        raise ModelError(f"{folder}: the classifier has {labels} outputs; a reward model has 1")
 
 
 def load_reward_model(folder: Path, *, batch_size: int, device: torch.device) -> RewardModelScorer:

@@ -17,8 +17,7 @@ from transformers import (
 )
 
 from icon2.core.errors import ModelError
-from icon2.evaluate.scorers import JudgeScorer, make_scorer
-from icon2.steps.baselines import Scorer
+from icon2.steps.scorers import JudgeScorer, Scorer, make_scorer
 from tests.tiny import build_tiny_model
 
 

@@ -21,19 +21,19 @@ identical texts, or a tie (equal scores, an undecided judge).
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
 
 import numpy as np
 
-from icon2.core.errors import InputError, ModelError
+from icon2.core.errors import InputError
+from icon2.steps.drops import DROP_REASONS as PAIR_DROP_REASONS
+from icon2.steps.drops import drop_reason
+from icon2.steps.scorers import Scorer
 
 METHODS = ("icon2", "sampling_ranking", "self_rewarding", "self_refine", "direct_prompting")
 BASELINES = METHODS[1:]
-DROP_REASONS = ("empty", "truncated", "identical", "tied")
+DROP_REASONS = (*PAIR_DROP_REASONS, "tied")  # A4's rule, then a tie of scores or judge
 SAMPLES = {"sampling_ranking": 5, "self_rewarding": 2, "self_refine": 3, "direct_prompting": 1}
 
 REFINE_TEMPLATE = (
@@ -43,20 +43,6 @@ REFINE_TEMPLATE = (
     "Write an improved answer: more helpful, more honest and more harmless, and correct any "
     "mistakes in the draft. Reply with the improved answer only."
 )
-
-
-class Scorer(Protocol):
-    """Pointwise quality of an answer to an instruction (higher is better).
-
-    Implemented by a local reward model (a sequence classifier with one output) and by
-    the local LLM judge's pointwise score; ``name`` goes into every table it scores.
-    """
-
-    name: str
-
-    def score(self, instructions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
-        """float64 [n] scores of answers[i] to instructions[i]."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -74,27 +60,6 @@ def check_method(name: str) -> str:
     if name not in METHODS:
         raise InputError(f"unknown method {name!r}; expected one of {list(METHODS)}")
     return name
-
-
-def check_reward_model_dir(folder: Path) -> None:
-    """Refuse a reward-model directory that is not a one-output sequence classifier.
-
-    Reads only ``config.json``: loading a causal LM as a classifier would silently attach a
-    random head and score noise.
-    """
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise ModelError(f"{folder}: no config.json; expected a local reward-model directory")
-    config: dict[str, Any] = json.loads(config_path.read_text())
-    archs = [str(a) for a in config.get("architectures") or []]
-    if not any(a.endswith("ForSequenceClassification") for a in archs):
-        raise ModelError(
-            f"{folder}: architectures {archs} are not a sequence classifier "
-            f"(*ForSequenceClassification); a reward model must score a sequence"
-        )
-    labels = config.get("num_labels", len(config.get("id2label") or {0: ""}))
-    if int(labels) != 1:
-        raise ModelError(f"{folder}: the classifier has {labels} outputs; a reward model has 1")
 
 
 def score_samples(
@@ -237,13 +202,3 @@ def direct_prompt_systems(
             f"no system prompts for criteria {unknown}; directions.prompts has {sorted(prompts)}"
         )
     return [prompts[c][0] for c in criteria], [prompts[c][1] for c in criteria]
-
-
-def drop_reason(chosen: str, rejected: str, chosen_done: bool, rejected_done: bool) -> str | None:
-    """A4's rule for a generated pair: empty, then truncated, then identical."""
-    a, b = chosen.strip(), rejected.strip()
-    if not a or not b:
-        return "empty"
-    if not (chosen_done and rejected_done):
-        return "truncated"
-    return "identical" if a == b else None

@@ -11,9 +11,9 @@ import pytest
 
 from icon2.core.errors import InputError
 from icon2.core.params import Params, load_params
-from icon2.steps.baseline_pairs import BASELINE_PAIR_SCHEMA
-from icon2.steps.baseline_run import run_baseline
-from tests.steps.test_baseline_pairs import KEPT, StubBackend, StubScorer
+from icon2.steps.baselines.pairs import BASELINE_PAIR_SCHEMA
+from icon2.steps.baselines.run import run_baseline
+from tests.steps.baselines.test_pairs import KEPT, StubBackend, StubScorer
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def _stub_engine(monkeypatch: pytest.MonkeyPatch, backend: StubBackend) -> dict[
         made.update(kwargs)
         return backend
 
-    monkeypatch.setattr("icon2.steps.baseline_run.make_backend", make_backend)
+    monkeypatch.setattr("icon2.steps.baselines.run.make_backend", make_backend)
     return made
 
 
@@ -76,7 +76,7 @@ def test_sampling_ranking_run_samples_with_the_baselines_settings(
         asked.update(args=args, kwargs=kwargs)
         return StubScorer()
 
-    monkeypatch.setattr("icon2.steps.baseline_run.make_scorer", make_scorer)
+    monkeypatch.setattr("icon2.steps.baselines.run.make_scorer", make_scorer)
     limited = params.model_copy(
         update={"pairs": params.pairs.model_copy(update={"max_instructions": 2})}
     )

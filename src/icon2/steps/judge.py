@@ -19,13 +19,12 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from jinja2.exceptions import TemplateError
 from scipy.special import expit
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from icon2.core.errors import ModelError
-from icon2.model.chat import messages, render
+from icon2.model.chat import messages, render, render_instructed
 from icon2.model.hooks import tokenize_left
 from icon2.model.loading import require_chat_template
 
@@ -58,7 +57,7 @@ def _check_lengths(*columns: Sequence[str]) -> int:
     return n
 
 
-def _over_unique(
+def over_unique(
     texts: Sequence[str], batch_size: int, run: Callable[[list[str]], torch.Tensor]
 ) -> np.ndarray:
     """``run`` each distinct text once, in batches, and map the results back to ``texts``.
@@ -122,16 +121,14 @@ class LMJudge:
             f"answers 'A' and 'B'; it cannot be used as a pairwise judge"
         )
 
-    def _prompt(self, instruction: str, answer_a: str, answer_b: str) -> str:
+    def prompt(self, instruction: str, answer_a: str, answer_b: str) -> str:
+        """The judge's input for one pair, answers shown in this order."""
         user = JUDGE_TEMPLATE.format(
             instruction=instruction,
             answer_a=answer_a[: self.max_answer_chars],
             answer_b=answer_b[: self.max_answer_chars],
         )
-        try:
-            return render(self.tokenizer, messages(user, JUDGE_SYSTEM))
-        except TemplateError:  # some templates (e.g. Gemma's) reject a system turn
-            return render(self.tokenizer, messages(f"{JUDGE_SYSTEM}\n\n{user}"))
+        return render_instructed(self.tokenizer, user, JUDGE_SYSTEM)
 
     @torch.no_grad()
     def _p_a(self, texts: list[str]) -> torch.Tensor:
@@ -146,8 +143,8 @@ class LMJudge:
     ) -> np.ndarray:
         """P("A") over {"A", "B"} with the answers shown in this order, float64 ``[n]``."""
         _check_lengths(instructions, answers_a, answers_b)
-        texts = [self._prompt(*row) for row in zip(instructions, answers_a, answers_b, strict=True)]
-        return _over_unique(texts, self.batch_size, self._p_a)
+        texts = [self.prompt(*row) for row in zip(instructions, answers_a, answers_b, strict=True)]
+        return over_unique(texts, self.batch_size, self._p_a)
 
     def prefer_first(
         self, instructions: Sequence[str], first: Sequence[str], second: Sequence[str]
@@ -208,7 +205,7 @@ class RewardModelJudge:
             )
             for i, a in zip(instructions, answers, strict=True)
         ]
-        return _over_unique(texts, self.batch_size, self._scores)
+        return over_unique(texts, self.batch_size, self._scores)
 
     def prefer_first(
         self, instructions: Sequence[str], first: Sequence[str], second: Sequence[str]
