@@ -4,6 +4,7 @@
     python benchmarks/bench.py scoring      # batched vs one-at-a-time consistency reads
     python benchmarks/bench.py training     # DPO steps/s, peak memory, ref precompute, DRO share
     python benchmarks/bench.py kv-cache     # in-place KV cache vs transformers' DynamicCache
+    python benchmarks/bench.py cache-paths  # the same vs StaticCache and compiled generate
     python benchmarks/bench.py drop-finished  # decoding that drops finished rows vs generate
 
 Both use the ``model`` stage's output and ``directions.safetensors`` (run ``dvc repro
@@ -145,6 +146,81 @@ def kv_cache(
             "dynamic_tokens_per_s": round(tokens / best["dynamic"], 1),
             "reserved_over_dynamic_tokens_per_s": round(best["dynamic"] / best["reserved"], 3),
             "same_text": outputs["reserved"] == outputs["dynamic"],
+        }
+    )
+
+
+@app.command()
+def cache_paths(
+    model_dir: ModelDir = Path("data/model"),
+    features: Features = Path("data/features.jsonl"),
+    prompts: int = 64,
+    new_tokens: int = 128,
+    dtype: str = "auto",
+    rounds: int = 2,
+) -> None:
+    """Greedy ``generate`` on one batch (unsteered: forward hooks and compiled graphs do not
+    mix) with each of transformers' cache paths beside the engine's reserved cache:
+    ``DynamicCache`` (the default), ``StaticCache`` and ``StaticCache`` with the forward
+    compiled by ``generate`` (``CompileConfig``; on CPU it must be asked for). The compiled
+    path is warmed up first, so its compile time is reported apart."""
+    from transformers.generation.configuration_utils import CompileConfig
+
+    from icon2.engines.kv_cache import reserved_cache
+    from icon2.model.hooks import tokenize_left
+
+    loaded, tok, _ = load_local(model_dir)
+    model: Any = loaded
+    dtype = resolve_dtype("hf.dtype", dtype, "cpu").value
+    model.to(getattr(torch, dtype))
+    texts = [render_prompt(tok, q) for q in read_instructions(features)[:prompts]]
+    batch = tokenize_left(tok, texts, torch.device("cpu"))
+    batch.pop("position_ids", None)
+    base = {
+        "max_new_tokens": new_tokens,
+        "min_new_tokens": new_tokens,
+        "do_sample": False,
+        "pad_token_id": tok.pad_token_id,
+    }
+    compiled = CompileConfig(mode="default")  # "reduce-overhead" means CUDA graphs
+    compiled._compile_all_devices = True  # generate compiles on GPUs only unless told
+    paths: dict[str, Any] = {
+        "dynamic": lambda: {"disable_compile": True},
+        "reserved": lambda: {"past_key_values": reserved_cache(model, new_tokens)},
+        "static": lambda: {"cache_implementation": "static", "disable_compile": True},
+        "static_compiled": lambda: {
+            "cache_implementation": "static",
+            "compile_config": compiled,
+        },
+    }
+
+    def run(kind: str) -> list[list[int]]:
+        with torch.inference_mode():
+            out = model.generate(**batch, **base, **paths[kind]())
+        return [row.tolist() for row in out[:, batch["input_ids"].shape[1] :]]
+
+    t0 = time.perf_counter()
+    run("static_compiled")  # compiles
+    compile_s = time.perf_counter() - t0
+    best = {kind: float("inf") for kind in paths}
+    tokens: dict[str, list[list[int]]] = {}
+    order = list(paths)
+    for r in range(rounds):
+        for kind in order if r % 2 == 0 else order[::-1]:
+            t0 = time.perf_counter()
+            tokens[kind] = run(kind)
+            best[kind] = min(best[kind], time.perf_counter() - t0)
+    n = len(texts) * new_tokens
+    _report(
+        {
+            "dtype": dtype,
+            "threads": torch.get_num_threads(),
+            "prompts": len(texts),
+            "new_tokens_per_prompt": new_tokens,
+            "first_compiled_run_s": round(compile_s, 1),
+            **{f"{k}_tokens_per_s": round(n / v, 1) for k, v in best.items()},
+            **{f"{k}_over_reserved": round(best["reserved"] / v, 3) for k, v in best.items()},
+            "same_tokens_as_dynamic": {k: tokens[k] == tokens["dynamic"] for k in paths},
         }
     )
 

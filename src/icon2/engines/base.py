@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
-from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+if TYPE_CHECKING:  # the module itself needs no transformers at import time
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 FinishReason = Literal["stop", "length"]
 

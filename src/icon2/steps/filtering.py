@@ -1,6 +1,6 @@
 """A3 filtering and split: keep instructions that align strongly with one criterion.
 
-The scored table comes from :func:`icon2.scoring.score_table`. Every ordering here ends in a
+The scored table comes from :func:`icon2.steps.scoring.score_table`. Every ordering here ends in a
 tie-break on ``id`` so that the kept set and the split never depend on input row order.
 """
 

@@ -31,12 +31,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from icon2.core.errors import InputError, ParamsError
-
-if TYPE_CHECKING:  # pydantic only, but the plan needs no params module at import time
-    pass
 
 Precision = Literal["fp32", "bf16", "fp16"]
 Sharding = Literal["none", "zero1", "zero2", "zero3", "fsdp"]

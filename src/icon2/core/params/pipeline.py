@@ -160,7 +160,7 @@ class PairsParams(_Section):
     gamma_pos: float = 0.1
     gamma_neg: float = -0.05
     allow_any_sign: bool = False
-    # What γ = 1 means per layer; see icon2.steering.layer_scale.
+    # What γ = 1 means per layer; see icon2.steps.direction_file.layer_scale.
     gamma_scale: Literal["contrastive_norm", "hidden_norm", "unit"] = "contrastive_norm"
     layers: list[int] | None = None  # null = the middle third of the model's layers
     max_instructions: int | None = Field(None, ge=1)
