@@ -183,7 +183,8 @@ def cache_paths(
         "pad_token_id": tok.pad_token_id,
     }
     compiled = CompileConfig(mode="default")  # "reduce-overhead" means CUDA graphs
-    compiled._compile_all_devices = True  # generate compiles on GPUs only unless told
+    # generate compiles on GPUs only unless told (a class attribute, typed None)
+    compiled._compile_all_devices = True  # type: ignore[assignment]
     paths: dict[str, Any] = {
         "dynamic": lambda: {"disable_compile": True},
         "reserved": lambda: {"past_key_values": reserved_cache(model, new_tokens)},

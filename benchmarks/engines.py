@@ -11,7 +11,8 @@ so a change in the machine's load hits both alike. Every row generates exactly
 output and ``directions.safetensors`` (``dvc repro directions``), or ``--random-direction``
 (a seeded unit vector per layer, scaled like a γ = 1 contrastive step: the cost is the same).
 ``--mixed`` steers with 8 vector sets (4 criteria × ±γ) as the ``pairs`` stage does; vLLM
-runs them in one continuous batch. Needs the vLLM extra (docs/configuration.md, "Generation engine").
+runs them in one continuous batch. Needs the vLLM extra (docs/configuration.md, "Generation
+engine").
 """
 
 from __future__ import annotations
