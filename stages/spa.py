@@ -33,12 +33,13 @@ def main(
     seed = load_params(params).base.seed + int(iteration)
     p = open_stage(params, seed=seed)
     tp = spa_train_params(p, iteration)
-    # With train.accelerate_config set, this process only runs `accelerate launch` on itself.
-    relaunch(p.train.accelerate_config, tp.precision, Path(__file__), options)
-    process_state()  # joins the process group (and picks this rank's GPU)
+    # Inputs are checked here, before a launch, so that a bad one is one error, not N.
     check_previous(previous, iteration)
     texts, _ = read_prompts(prompts, split="train")
     texts = prompt_slice(texts, int(iteration), p.spa.prompts_per_iteration, str(prompts))
+    # With train.accelerate_config set, this process only runs `accelerate launch` on itself.
+    relaunch(p.train.accelerate_config, tp.precision, Path(__file__), options)
+    process_state()  # joins the process group (and picks this rank's GPU)
     policy, tok, card = load_model(previous, p)
     init, _, init_card = load_model(init_dir, p)
     # Each process samples and labels its share of the prompts; all of them train on all pairs.

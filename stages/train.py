@@ -29,9 +29,10 @@ def main(
     options = cli_options(locals())  # this command's own options, to relaunch it unchanged
     p = open_stage(params)
     tp = p.train
+    # Inputs are checked here, before a launch, so that a bad one is one error, not N.
+    train_ds, eval_ds = to_datasets(read_pairs(pairs), where=str(pairs))
     # With train.accelerate_config set, this process only runs `accelerate launch` on itself.
     relaunch(tp.accelerate_config, tp.precision, Path(__file__), options)
-    train_ds, eval_ds = to_datasets(read_pairs(pairs), where=str(pairs))
     process_state()  # joins the process group (and picks this rank's GPU)
     policy, tokenizer, card = load_model(model_dir, p)
     check_tokenizer(tokenizer, policy, model_dir)

@@ -61,6 +61,35 @@ def test_bad_accelerate_configs_are_one_params_error(
     assert check_accelerate_config(_config(tmp_path), "fp32")["num_processes"] == 2
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"machine_rank": 1}, r"machine_rank 1 is out of range for num_machines 1"),
+        ({"num_machines": 2, "machine_rank": 2}, r"machine_rank 2 is out of range"),
+        ({"num_processes": 3, "num_machines": 2}, r"num_processes 3 .* multiple of num_machines 2"),
+        ({"num_processes": 0}, r"num_processes must be an integer >= 1, got 0"),
+        ({"num_machines": "2"}, r"num_machines must be an integer >= 1, got '2'"),
+        ({"num_machines": 2, "main_process_port": 29500}, r"need main_process_ip"),
+        (
+            {"num_machines": 2, "main_process_ip": "main.invalid", "main_process_port": 29500},
+            r"main_process_ip 'main.invalid' cannot be reached",
+        ),
+    ],
+)
+def test_bad_machine_settings_are_one_params_error_before_a_launch(
+    tmp_path: Path, changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ParamsError, match=r"train\.accelerate_config: .*" + message):
+        check_accelerate_config(_config(tmp_path, **changes), "fp32")
+
+
+def test_two_machines_over_loopback_pass_the_checks(tmp_path: Path) -> None:
+    two = {"num_processes": 2, "num_machines": 2, "main_process_port": 29500}
+    for rank in (0, 1):
+        path = _config(tmp_path, **two, machine_rank=rank, main_process_ip="127.0.0.1")
+        assert check_accelerate_config(path, "fp32")["machine_rank"] == rank
+
+
 def test_one_process_helpers_are_identities() -> None:
     assert rank_shard(5) == [0, 1, 2, 3, 4] and rank_shard(0) == []
     index, xi = torch.arange(4).numpy(), torch.rand(4, dtype=torch.float64).numpy()
@@ -120,6 +149,22 @@ def test_train_stage_rejects_a_bad_config_in_one_line(
     assert result.exit_code == 2, result.output
     [line] = [x for x in result.output.splitlines() if x.strip()]
     assert line.startswith("error: train.accelerate_config: ") and "not found" in line
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_train_stage_checks_its_pairs_before_a_launch(
+    tiny_stage_model: Path, tmp_path: Path, write_params: Callable[..., Path]
+) -> None:
+    """A bad pairs file under a 2-process config is one error from the parent, not one per
+    rank (the ranks would each read it after `accelerate launch`)."""
+    rows = [(q, "Same.", "Same.", "train") for q in QUESTIONS]
+    pairs = _pairs_file(tmp_path / "pairs.parquet", rows)
+    config = str(_config(tmp_path))  # valid: fp32 on both sides
+    params = write_params({"train": {"precision": "fp32", "accelerate_config": config}})
+    result = _train(tiny_stage_model, pairs, params, tmp_path)
+    assert result.exit_code == 2, result.output
+    [line] = [x for x in result.output.splitlines() if x.strip()]
+    assert line.startswith(f"error: {pairs}: row 1: chosen and rejected are identical"), line
     assert not (tmp_path / "ckpt").exists()
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -58,6 +59,7 @@ def check_accelerate_config(path: Path, precision: str) -> dict[str, Any]:
             f"{key}: {path} selects DeepSpeed ZeRO-{stage}, but deepspeed is not installed "
             f"(pip install deepspeed on the GPU machine, or use configs/accelerate/fsdp.yaml)"
         )
+    check_machines(config, path)
     resolved = resolve_mixed("train.precision", precision, compute_device("auto"))
     mixed, want = str(config.get("mixed_precision", "no")), _MIXED[resolved.value]
     if mixed != want:
@@ -67,6 +69,44 @@ def check_accelerate_config(path: Path, precision: str) -> dict[str, Any]:
             f"(set mixed_precision: {want} there, or change train.precision)"
         )
     return config
+
+
+def check_machines(config: dict[str, Any], path: Path) -> None:
+    """The process and machine counts, this machine's rank and, across machines, the main
+    process's address: each wrong value is one ParamsError before any process starts."""
+    key = "train.accelerate_config"
+    least = {"num_processes": 1, "num_machines": 1, "machine_rank": 0}
+    counts: dict[str, int] = {}
+    for name, low in least.items():
+        value = config.get(name, low)  # accelerate's defaults: one process, one machine
+        if type(value) is not int or value < low:
+            raise ParamsError(f"{key}: {path}: {name} must be an integer >= {low}, got {value!r}")
+        counts[name] = value
+    processes, machines, rank = counts.values()
+    if rank >= machines:
+        raise ParamsError(
+            f"{key}: {path}: machine_rank {rank} is out of range for num_machines {machines} "
+            f"(0 .. {machines - 1})"
+        )
+    if processes % machines:
+        raise ParamsError(
+            f"{key}: {path}: num_processes {processes} (all machines together) is not a "
+            f"multiple of num_machines {machines}"
+        )
+    if machines == 1:
+        return
+    host, port = config.get("main_process_ip"), config.get("main_process_port")
+    if not host or not isinstance(port, int) or not 0 < port < 65536:
+        raise ParamsError(
+            f"{key}: {path}: {machines} machines need main_process_ip and main_process_port "
+            f"(the rank-0 machine's address), got {host!r}:{port!r}"
+        )
+    try:
+        socket.getaddrinfo(str(host), port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ParamsError(
+            f"{key}: {path}: main_process_ip {host!r} cannot be reached ({exc.strerror or exc})"
+        ) from None
 
 
 def launched() -> bool:
