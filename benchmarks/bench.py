@@ -166,7 +166,7 @@ def cache_paths(
     path is warmed up first, so its compile time is reported apart."""
     from transformers.generation.configuration_utils import CompileConfig
 
-    from icon2.engines.kv_cache import reserved_cache
+    from icon2.engines.kv_cache import cache_argument, reserved_cache
     from icon2.model.hooks import tokenize_left
 
     loaded, tok, _ = load_local(model_dir)
@@ -182,12 +182,13 @@ def cache_paths(
         "do_sample": False,
         "pad_token_id": tok.pad_token_id,
     }
+    keyword = cache_argument(model) or "past_key_values"  # "cache" in transformers >= 5.2x
     compiled = CompileConfig(mode="default")  # "reduce-overhead" means CUDA graphs
     # generate compiles on GPUs only unless told (a class attribute, typed None)
     compiled._compile_all_devices = True  # type: ignore[assignment]
     paths: dict[str, Any] = {
         "dynamic": lambda: {"disable_compile": True},
-        "reserved": lambda: {"past_key_values": reserved_cache(model, new_tokens)},
+        "reserved": lambda: {keyword: reserved_cache(model, new_tokens)},
         "static": lambda: {"cache_implementation": "static", "disable_compile": True},
         "static_compiled": lambda: {
             "cache_implementation": "static",

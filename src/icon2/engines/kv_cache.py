@@ -3,11 +3,21 @@
 transformers' ``DynamicCache`` grows every layer with ``torch.cat``, so each decoding step
 copies the whole cache (batch × heads × length × head_dim, keys and values, every layer). On
 this project's 2-core CPU that copy was the largest single cost of decoding long answers: 61 %
-of a step's CPU time at batch 128, 250 tokens in (SmolLM2-135M, bf16). ``StaticCache`` avoids
-the copy but writes with ``index_copy_`` and attends over its full length; it measured slower
-than ``DynamicCache`` end to end here. ``ReservedLayer`` keeps ``DynamicLayer``'s contract
-(``keys``/``values`` hold exactly the cached tokens) but makes them views of a buffer with room
-reserved for the answer, so a step writes one token. Generated tokens are unchanged.
+of a step's CPU time at batch 128, 250 tokens in (SmolLM2-135M, bf16). ``ReservedLayer`` keeps
+``DynamicLayer``'s contract (``keys``/``values`` hold exactly the cached tokens) but makes them
+views of a buffer with room reserved for the answer, so a step writes one token. Generated
+tokens are unchanged.
+
+Measured against the library's own paths (``python benchmarks/bench.py cache-paths``: greedy
+``generate``, 64 prompts × 128 new tokens, SmolLM2-135M in bf16, 2 threads; 2-core AMD EPYC
+with AVX512-BF16, no AMX, 2026-12-07): reserved 386 tokens/s, ``DynamicCache`` 351 (0.91×),
+``StaticCache`` 378 (0.98×, and its tokens differ from ``DynamicCache``'s: attention over the
+padded full length rounds differently in bf16), ``StaticCache`` with the forward compiled by
+``generate`` (``CompileConfig``, inductor) 183 (0.47×, after a 91 s first run). On the AMX
+class the reserved cache gave 1.16× ``DynamicCache`` at the ``pairs`` batch (128 × 320
+steered tokens, ``bench.py kv-cache``). The library's paths are not as fast on either class
+measured, so this cache stays; the AVX2-only class has not been measured against
+``StaticCache`` or the compiled path.
 """
 
 from __future__ import annotations
