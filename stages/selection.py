@@ -14,7 +14,8 @@ from icon2.engines.metered import write_cost
 from icon2.stage import load_model, open_stage, user_errors
 from icon2.steps.direction_file import check_same_model, load_directions
 from icon2.steps.grid import layer_ranges, projection_layers, run_grid
-from icon2.steps.selection import SCORED_SCHEMA, apply_command, grid_csv
+from icon2.steps.selection import SCORED_SCHEMA
+from icon2.steps.selection_report import apply_command, grid_csv
 
 
 @user_errors

@@ -18,7 +18,8 @@ from icon2.steps.grid import (
     run_grid,
     subsample,
 )
-from icon2.steps.selection import GRID_SCHEMA, SCORED_SCHEMA, apply_command
+from icon2.steps.selection import GRID_SCHEMA, SCORED_SCHEMA
+from icon2.steps.selection_report import apply_command
 from tests.steps.baselines.test_pairs import KEPT, StubBackend, StubScorer
 from tests.steps.test_pairs import _dfile
 

@@ -11,12 +11,10 @@ from icon2.steps.selection import (
     SCORED_SCHEMA,
     Rule,
     Selection,
-    apply_command,
-    grid_csv,
     grid_table,
-    per_setting,
     select,
 )
+from icon2.steps.selection_report import apply_command, grid_csv, per_setting
 
 RANGES = {"early": [1, 2], "middle": [3, 4], "late": [5, 6]}
 REWARD = Rule("reward", min_share=0.9, min_kept_fraction=0.5)

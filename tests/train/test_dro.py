@@ -13,14 +13,13 @@ from scipy.optimize import OptimizeResult
 
 from icon2.train import dro
 from icon2.train.dro import (
-    AffinePieces,
     DROError,
     WorstCase,
     pair_weights,
     solve_in_groups,
     solve_worst_case,
-    tangent_pieces,
 )
+from icon2.train.dro_pieces import AffinePieces, tangent_pieces
 from icon2.train.losses import dro_pair_losses
 
 EPS_GRID = (0.0, 0.01, 0.05, 0.2, 0.6)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from icon2.train.dro import solve_worst_case, tangent_pieces
+from icon2.train.dro import solve_worst_case
+from icon2.train.dro_pieces import tangent_pieces
 from icon2.train.dro_state import DROState, correlation
 
 PIECES = tangent_pieces(3)

@@ -41,11 +41,10 @@ from icon2.steps.selection import (
     SCORED_SCHEMA,
     Rule,
     Selection,
-    apply_command,
     grid_table,
-    per_setting,
     select,
 )
+from icon2.steps.selection_report import apply_command, per_setting
 
 
 def subsample(kept: pl.DataFrame, n: int, seed: int) -> pl.DataFrame:

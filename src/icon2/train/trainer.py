@@ -45,7 +45,8 @@ from icon2.train.distributed import (
     GlobalConfidenceWindow,
     solve_on_main,
 )
-from icon2.train.dro import WorstCase, solve_in_groups, tangent_pieces
+from icon2.train.dro import WorstCase, solve_in_groups
+from icon2.train.dro_pieces import tangent_pieces
 from icon2.train.dro_state import DROState, training_confidences
 from icon2.train.losses import (
     dpo_margin,
