@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -223,6 +226,64 @@ def test_two_process_ddp_matches_one_process(
     # Only rank 0 wrote, and it wrote a whole checkpoint.
     assert (tmp_path / "ddp" / "ckpt" / "model.safetensors").is_file()
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["ckpt", "live", "train.json"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_two_machines_over_loopback_match_one_process(
+    tiny_stage_model: Path, tmp_path: Path, write_params: Callable[..., Path]
+) -> None:
+    """Two "machines" (machine_rank 0 and 1, one process each, rendezvous on 127.0.0.1) run
+    the train stage side by side, as two hosts would; the loss trajectory equals one process
+    at the same global batch, and only machine 0 writes."""
+    rows = [
+        (q, f"A careful answer to: {q}", "No. " * (i + 1), "train") for i, q in enumerate(QUESTIONS)
+    ]
+    pairs = _pairs_file(tmp_path / "pairs.parquet", rows)
+    train = {**TRAIN, "loss": "dpo"}
+    one = write_params({"train": {**train, "per_device_train_batch_size": 2}}, name="one.yaml")
+    assert _train(tiny_stage_model, pairs, one, tmp_path / "one").exit_code == 0
+    port, procs = _free_port(), []
+    for rank in (0, 1):
+        config = tmp_path / f"machine{rank}.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    **CPU_DDP,
+                    "num_machines": 2,
+                    "machine_rank": rank,
+                    "main_process_ip": "127.0.0.1",
+                    "main_process_port": port,
+                }
+            )
+        )
+        params = write_params(
+            {
+                "train": {
+                    **train,
+                    "per_device_train_batch_size": 1,
+                    "accelerate_config": str(config),
+                }
+            },
+            name=f"machine{rank}.params.yaml",
+        )
+        out = tmp_path / "two"
+        args = ["--model-dir", tiny_stage_model, "--pairs", pairs, "--out", out / "ckpt"]
+        args += ["--metrics", out / "train.json", "--live", out / "live", "--params", params]
+        command = [sys.executable, str(REPO / "stages/train.py"), *map(str, args)]
+        procs.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    outputs = [proc.communicate(timeout=600)[0].decode() for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    for key, column in (("loss", "loss"), ("rewards/margins", "margins")):
+        a = live_series(tmp_path / "one" / "live", key)[column].to_list()
+        b = live_series(tmp_path / "two" / "live", key)[column].to_list()
+        assert len(a) == 4 and b == pytest.approx(a, abs=1e-4)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["ckpt", "live", "train.json"]
 
 
 @pytest.mark.slow
