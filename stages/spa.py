@@ -17,7 +17,7 @@ from icon2.stage import load_model, open_stage, user_errors
 from icon2.steps.self_annotation import annotate_iteration, check_previous, prompt_slice
 from icon2.train.data import to_datasets
 from icon2.train.distributed import cli_options, relaunch
-from icon2.train.run import curve_metrics, needs_reference, train_and_gather
+from icon2.train.run import POLICY_DTYPE, curve_metrics, needs_reference, train_and_gather
 
 
 @user_errors
@@ -40,7 +40,7 @@ def main(
     # With train.accelerate_config set, this process only runs `accelerate launch` on itself.
     relaunch(p.train.accelerate_config, tp.precision, Path(__file__), options)
     process_state()  # joins the process group (and picks this rank's GPU)
-    policy, tok, card = load_model(previous, p)
+    policy, tok, card = load_model(previous, p, dtype=POLICY_DTYPE)  # fp32 masters
     init, _, init_card = load_model(init_dir, p)
     # Each process samples and labels its share of the prompts; all of them train on all pairs.
     annotation = annotate_iteration(p, iteration, previous, policy, init, tok, texts, seed=seed)

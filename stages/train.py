@@ -14,7 +14,7 @@ from icon2.core.tables import read_pairs
 from icon2.stage import load_model, open_stage, user_errors
 from icon2.train.data import check_tokenizer, to_datasets
 from icon2.train.distributed import cli_options, relaunch
-from icon2.train.run import needs_reference, train_and_gather, train_metrics
+from icon2.train.run import POLICY_DTYPE, needs_reference, train_and_gather, train_metrics
 
 
 @user_errors
@@ -34,7 +34,7 @@ def main(
     # With train.accelerate_config set, this process only runs `accelerate launch` on itself.
     relaunch(tp.accelerate_config, tp.precision, Path(__file__), options)
     process_state()  # joins the process group (and picks this rank's GPU)
-    policy, tokenizer, card = load_model(model_dir, p)
+    policy, tokenizer, card = load_model(model_dir, p, dtype=POLICY_DTYPE)  # fp32 masters
     check_tokenizer(tokenizer, policy, model_dir)
     ref = load_model(model_dir, p)[0] if needs_reference(tp) else None
     done = train_and_gather(

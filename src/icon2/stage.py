@@ -28,8 +28,11 @@ def open_stage(params: Path, *, seed: int | None = None) -> Params:
     return p
 
 
-def load_model(model_dir: Path, p: Params) -> tuple[Any, Any, dict[str, Any]]:
-    """(model, tokenizer, card) of a model directory, in ``base.dtype`` on ``base.device``."""
+def load_model(
+    model_dir: Path, p: Params, *, dtype: str | None = None
+) -> tuple[Any, Any, dict[str, Any]]:
+    """(model, tokenizer, card) of a model directory, in ``base.dtype`` (or ``dtype``) on
+    ``base.device``."""
     from icon2.model.loading import load_local
 
-    return load_local(model_dir, dtype=p.base.dtype, device=p.base.device)
+    return load_local(model_dir, dtype=dtype or p.base.dtype, device=p.base.device)

@@ -10,10 +10,11 @@ from typing import Any
 import polars as pl
 import pytest
 import torch
+import yaml
 
 from icon2.core.tables import PAIR_SCHEMA
 from icon2.model.loading import read_card
-from tests.conftest import run_stage
+from tests.conftest import REPO, run_stage
 from tests.tiny import build_tiny_model
 
 QUESTIONS = [
@@ -393,3 +394,44 @@ def test_precomputed_reference_loads_one_model(
     assert r.exit_code == 0, r.output
     assert loads == [tiny_stage_model]  # the policy only: no reference model in memory
     assert json.loads((tmp_path / "train.json").read_text())["optimizer_steps"] == 2
+
+
+@pytest.mark.parametrize("shipped", ["params.yaml", "params.gpu.yaml"])
+def test_an_update_at_the_shipped_learning_rate_reaches_the_weights(
+    tiny_stage_model: Path,
+    pairs: Path,
+    tmp_path: Path,
+    write_params: Callable[..., Path],
+    shipped: str,
+) -> None:
+    """One optimizer step at the shipped file's learning rate, with its ``base.dtype``
+    (bfloat16 in params.gpu.yaml), changes the saved weights: the policy trains on fp32
+    masters. In bf16 the same step is lost to rounding, which the first lines show."""
+    from safetensors.torch import load_file
+
+    base = yaml.safe_load((REPO / shipped).read_text())
+    lr = float(base["train"]["learning_rate"])
+    w = torch.full((4,), 0.02, dtype=torch.bfloat16)
+    assert torch.equal(w + lr, w)  # a bf16 policy would not move (half its last bit: 6e-5)
+    train = {
+        "loss": "dpo",
+        "precision": "fp32",
+        "max_steps": 1,
+        "learning_rate": lr,
+        "lr_scheduler_type": "constant",
+        "warmup_ratio": 0.0,
+        "max_length": 64,
+        "logging_steps": 1,
+    }
+    params = write_params({"base": {"dtype": base["base"]["dtype"]}, "train": train})
+    r = _train(tiny_stage_model, pairs, params, tmp_path)
+    assert r.exit_code == 0, r.output
+    before = load_file(tiny_stage_model / "model.safetensors")
+    after = load_file(tmp_path / "ckpt" / "model.safetensors")
+    moved = [
+        # the start in the saved dtype: a bf16 save of untouched weights equals bf16(before)
+        (after[k] != before[k].to(after[k].dtype)).float().mean().item()
+        for k in before
+        if k in after and "layers.0.mlp" in k
+    ]
+    assert moved and min(moved) > 0.5, moved
