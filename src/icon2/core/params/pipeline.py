@@ -53,7 +53,8 @@ class HFParams(_Section):
     # The generating copy's weights (null = base.dtype). auto = bfloat16 where the device
     # computes it natively (CUDA with bf16, CPUs with AMX or AVX512-BF16: ~2x fp32), else
     # float32 (bf16 is emulated on AVX2-only CPUs, ~30x slower); see icon2.core.precision.
-    # Hidden-state reads, log-probs and training keep base.dtype (the stage's own model).
+    # Hidden-state reads and log-probs keep base.dtype (the stage's own model); the trained
+    # policy holds fp32 masters (icon2.train.run.POLICY_DTYPE).
     dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = "auto"
 
 
