@@ -1,3 +1,4 @@
-"""Evaluation with local judges only: an LLM judge read from answer-token probabilities or a
-reward model, win rates and the length-controlled win rate.
+"""What the papers measure on the outputs: win rates against the starting model (the local
+judge and scorers live in :mod:`icon2.steps`), the direction shift, the human-preference
+benchmark, the judge-free signals, Table 4's cost, leakage and direction sensitivity.
 """
