@@ -384,9 +384,9 @@ def test_precomputed_reference_loads_one_model(
     loads: list[Path] = []
     real = icon2.stage.load_model
 
-    def counting(model_dir: Path, p: Any) -> Any:
+    def counting(model_dir: Path, p: Any, **kwargs: Any) -> Any:
         loads.append(model_dir)
-        return real(model_dir, p)
+        return real(model_dir, p, **kwargs)
 
     monkeypatch.setattr(icon2.stage, "load_model", counting)
     train = {**TRAIN, "loss": loss, "precompute_ref_log_probs": True}
