@@ -46,10 +46,11 @@ def to_generation(
     out ("length"; trailing pads cannot occur without a stop)."""
     stops = set(stop_ids)
     cut = next((j for j, t in enumerate(ids) if t in stops), None)
-    kept, reason = (list(ids), "length") if cut is None else (list(ids[:cut]), "stop")
+    kept = list(ids) if cut is None else list(ids[:cut])
+    reason: FinishReason = "length" if cut is None else "stop"
     text = tokenizer.decode(kept, skip_special_tokens=True)
     assert isinstance(text, str)
-    return Generation(text, len(kept), reason)  # type: ignore[arg-type]
+    return Generation(text, len(kept), reason)
 
 
 class Backend(Protocol):
