@@ -4,14 +4,21 @@ One project (the real dvc.yaml; only `model` → `train`, on a tiny model and a 
 file) is run, committed, pushed to a bare git repository and to a local-directory DVC remote
 (real DVC storage). Then its cache and outputs are wiped and pulled back, and an experiment is
 run with `dvc exp run --set-param`, shared with `dvc exp push` and seen from a fresh clone.
+The same round trip and experiment sharing then go through an SSH remote: a real SSH/SFTP
+server on 127.0.0.1 (:mod:`tests.sshd`) that the test starts and stops, reached by dvc-ssh
+with a key file, as a team's server would be.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -140,3 +147,91 @@ def test_unreachable_remote_is_one_clear_error(tmp_path: Path) -> None:
     errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR")]
     assert errors and any(f"Cannot connect to host 127.0.0.1:{port}" in e for e in errors)
     assert errors[-1] == "ERROR: failed to push data to the cloud - 1 files failed to upload"
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[dict[str, object]]:
+    """An SSH server on 127.0.0.1 that accepts one client key and nothing else."""
+    import asyncssh
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    client, host = (asyncssh.generate_private_key("ssh-ed25519") for _ in range(2))
+    client.write_private_key(str(keys / "id_ed25519"))
+    client.write_public_key(str(keys / "id_ed25519.pub"))
+    host.write_private_key(str(keys / "host"))
+    port_file = tmp_path / "port"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.sshd", "--host-key", str(keys / "host"),
+         "--authorized", str(keys / "id_ed25519.pub"), "--port-file", str(port_file)],
+        cwd=REPO,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.exists():
+            assert server.poll() is None, "the SSH server exited before listening"
+            assert time.monotonic() < deadline, "the SSH server did not start in 60 s"
+            time.sleep(0.1)
+        port = int(port_file.read_text())
+        yield {"port": port, "key": keys / "id_ed25519"}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _ssh_remote(repo: Path, name: str, url: str, key: Path) -> None:
+    _dvc(repo, "remote", "add", "--local", name, url)  # config.local: not committed
+    _dvc(repo, "remote", "modify", "--local", name, "keyfile", str(key))
+    _dvc(repo, "remote", "modify", "--local", name, "user", os.environ.get("USER", "icon2"))
+
+
+def test_ssh_remote_round_trip_and_shared_experiments(
+    team: dict[str, Path], sshd: dict[str, object]
+) -> None:
+    alice, store = team["alice"], team["base"] / "ssh-storage"
+    key = sshd["key"]
+    assert isinstance(key, Path)
+    url = f"ssh://127.0.0.1:{sshd['port']}{store}"
+    _ssh_remote(alice, "server", url, key)
+    _dvc(alice, "push", "-r", "server")
+    assert any((store / "files" / "md5").rglob("*")), "nothing reached the SSH remote"
+    shutil.rmtree(alice / ".dvc" / "cache")
+    for out in ("data/model", "data/train/model"):
+        shutil.rmtree(alice / out)
+    _dvc(alice, "pull", "-r", "server", "train", "--with-deps")
+    assert (alice / "data/train/model/model.safetensors").is_file()
+    assert json.loads(_dvc(alice, "status", "train", "--json")) == {}
+    assert not _ran(_dvc(alice, "repro", "train"))
+    # An experiment's outputs travel through the SSH remote to a clone that has no cache.
+    out = _dvc(alice, "exp", "run", "train", "-n", "beta-0.3", "--set-param", "train.beta=0.3")
+    assert "train" in _ran(out)
+    _dvc(alice, "exp", "push", "-r", "server", "origin", "beta-0.3")
+    carol = team["base"] / "carol"
+    _git(team["base"], "clone", "-q", "-b", "main", str(team["origin"]), str(carol))
+    _identity(carol)
+    _ssh_remote(carol, "server", url, key)
+    _dvc(carol, "exp", "pull", "-r", "server", "origin", "beta-0.3")
+    _dvc(carol, "exp", "branch", "beta-0.3", "exp-beta-3")
+    _git(carol, "checkout", "-q", "exp-beta-3")
+    _dvc(carol, "checkout", "train", "--with-deps")
+    assert (carol / "data/train/model/model.safetensors").is_file()
+    assert json.loads(_dvc(carol, "status", "train", "--json")) == {}
+    assert yaml.safe_load((carol / "params.yaml").read_text())["train"]["beta"] == 0.3
+
+
+def test_ssh_remote_refuses_a_key_it_does_not_know(tmp_path: Path, sshd: dict[str, object]) -> None:
+    import asyncssh
+
+    stranger = tmp_path / "stranger"
+    asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(stranger))
+    _git(tmp_path, "init", "-q")
+    _dvc(tmp_path, "init", "-q")
+    (tmp_path / "data.txt").write_text("shared\n")
+    _dvc(tmp_path, "add", "data.txt")
+    _ssh_remote(tmp_path, "server", f"ssh://127.0.0.1:{sshd['port']}{tmp_path / 'store'}", stranger)
+    done = run_dvc(tmp_path, "push", "-r", "server")
+    assert done.returncode != 0
+    assert not (tmp_path / "store").exists()
+    errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR")]
+    assert errors and "Permission denied for user" in errors[-1], done.stderr[-2000:]
+    assert "127.0.0.1" in errors[-1]
