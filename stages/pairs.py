@@ -20,6 +20,7 @@ from icon2.steps.direction_file import (
     load_directions,
 )
 from icon2.steps.pairs import steer_pairs
+from icon2.steps.shards import ShardStore, shard_dir_for
 
 
 @user_errors
@@ -43,11 +44,16 @@ def main(
     check_criteria(dfile, table["criterion"].unique().to_list(), str(kept), directions)
     layers = controlled_layers(dfile, p.pairs.layers, card["num_layers"], directions)
     model, tokenizer, card = load_model(model_dir, p)
-    pairs, counts, meter = steer_pairs(p, model_dir, model, tokenizer, table, dfile, layers)
     meta = provenance("pairs", p, {"directions": directions, "kept": kept}, card)
+    # Finished shards wait here until the outputs are written: a killed run resumes.
+    store = ShardStore(shard_dir_for(out), meta, rows=table.height, size=p.pairs.shard_size)
+    pairs, counts, meter = steer_pairs(
+        p, model_dir, model, tokenizer, table, dfile, layers, store=store
+    )
     write_table(out, pairs, PAIR_SCHEMA, meta)
     write_json(metrics, counts)
     write_cost(cost, [meter])
+    store.remove()
     typer.echo(f"pairs: {counts['instructions']} instructions -> {counts['pairs']} pairs -> {out}")
 
 

@@ -15,6 +15,7 @@ from icon2.core.tables import INSTRUCTION_SCHEMA, write_table
 from icon2.engines.metered import write_cost
 from icon2.model.embeddings import minilm_embedder
 from icon2.stage import load_model, seed_everything, user_errors
+from icon2.steps.shards import ShardStore, shard_dir_for
 from icon2.steps.synthesis import make_instructions
 
 
@@ -35,14 +36,19 @@ def main(
     # The embedder is loaded before generating, so a broken install is reported at once.
     embed = minilm_embedder() if cfg.near_dup_threshold is not None else None
     model, tokenizer, card = load_model(model_dir, p)
-    result = make_instructions(
-        p, model_dir, model, tokenizer, external, embed=embed, seed=seed, target=out
-    )
     inputs = {"model": model_dir} if external is None else {"model": model_dir, "file": file}
-    meta = {**provenance("synthesize", p, inputs, card), "pre_query_template": result.template}
+    record = provenance("synthesize", p, inputs, card)
+    # Finished shards of samples wait here until the outputs are written: a killed run resumes.
+    store = ShardStore(shard_dir_for(out), record, rows=cfg.count, size=cfg.shard_size)
+    result = make_instructions(
+        p, model_dir, model, tokenizer, external, embed=embed, seed=seed, target=out,
+        store=None if external is not None else store,
+    )  # fmt: skip
+    meta = {**record, "pre_query_template": result.template}
     write_table(out, result.kept, INSTRUCTION_SCHEMA, meta)
     write_json(metrics, result.metrics)
     write_cost(cost, [result.meter])
+    store.remove()
     m = result.metrics
     also = f", other drops {result.dropped}" if result.dropped else ""
     typer.echo(f"synthesize: {m['raw']} raw -> {m['kept']} kept ({m['truncated']} truncated{also})")

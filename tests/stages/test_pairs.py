@@ -253,3 +253,96 @@ def test_directions_from_another_model_are_refused(
         tmp_path,
         "scores.parquet",
     )
+
+
+# `python stages/pairs.py ...`, stopped for good right after its second shard is saved:
+# the kill then lands between shards, with finished work on disk and the outputs unwritten.
+_STALL_AFTER_SHARD_1 = """
+import runpy, sys, time
+from pathlib import Path
+import icon2.steps.shards as shards
+original = shards.ShardStore.save
+marker = Path(sys.argv.pop())
+def stalled(self, shard, gens, cost):
+    original(self, shard, gens, cost)
+    if shard.index == 1:
+        marker.write_text("saved")
+        time.sleep(600)
+shards.ShardStore.save = stalled
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_kill_9_mid_pairs_then_rerun_gives_the_uninterrupted_bytes(
+    chain: dict[str, Any], tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    params = _params(chain, tmp_path, synthesize={"source": "file"}, pairs={"shard_size": 2})
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    whole.mkdir()
+    for step in (_synth, _score):
+        assert step(chain, params, whole).exit_code == 0
+    assert _filter(params, whole).exit_code == 0
+    assert pl.read_parquet(whole / "kept.parquet").height >= 6  # at least 3 shards of 2
+    r = _pairs(chain, params, whole)
+    assert r.exit_code == 0, r.output
+    assert not (whole / ".shards").exists()  # removed once the outputs are written
+
+    killed.mkdir()
+    (killed / "kept.parquet").write_bytes((whole / "kept.parquet").read_bytes())
+    marker = tmp_path / "saved"
+    args = [
+        "--model-dir", chain["model"], "--directions", chain["directions"],
+        "--kept", killed / "kept.parquet", "--out", killed / "pairs.parquet",
+        "--metrics", killed / "pairs.json", "--params", params,
+    ]  # fmt: skip
+    cmd = [sys.executable, "-c", _STALL_AFTER_SHARD_1, str(REPO / "stages" / "pairs.py")]
+    proc = subprocess.Popen(
+        [*cmd, *map(str, args), str(marker)],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+            assert time.monotonic() < deadline, "the stage never finished its second shard"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+    shards = killed / ".shards" / "pairs"
+    assert sorted(p.name for p in shards.iterdir()) == [
+        "manifest.json",
+        "shard-000000.json",
+        "shard-000001.json",
+    ]
+    assert not (killed / "pairs.parquet").exists()
+
+    # Other params: refused in one line, nothing written, the finished shards kept.
+    (tmp_path / "other").mkdir()
+    other = _params(chain, tmp_path / "other", pairs={"shard_size": 2, "gamma_pos": 0.2})
+    r = _pairs(chain, other, killed)
+    _fails(r, "shards of another run", killed, "pairs.parquet")
+    assert r.output.count("error:") == 1 and "never mixed in" in r.output
+    assert len(list(shards.glob("shard-*.json"))) == 2
+
+    r = _pairs(chain, params, killed)
+    assert r.exit_code == 0, r.output
+    assert "resuming from" in r.output and "2 of" in r.output
+    for name in ("pairs.parquet", "pairs.json"):
+        assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
+    assert not (killed / ".shards").exists()

@@ -123,6 +123,52 @@ def test_generate_pairs_format_and_drops(tiny_model: Any) -> None:
     assert pairs["split"].to_list() == ["train", "validation"]
 
 
+def test_pairs_in_shards_equal_one_pass_and_build_vectors_per_shard(
+    tiny_model: Any, tmp_path: Path
+) -> None:
+    _, tok = tiny_model
+    from icon2.model.chat import render_prompt
+    from icon2.steps.shards import ShardStore
+
+    names = [f"q{i}" for i in range(5)]
+    kept = pl.DataFrame(
+        {
+            "id": names,
+            "instruction": names,
+            "criterion": ["honesty", "general"] * 2 + ["honesty"],
+            "split": ["train"] * 5,
+        }
+    )
+    script = {n: (_g(f"{n} up."), _g(f"{n} down.")) for n in names}
+    prompts = {render_prompt(tok, k): v for k, v in script.items()}
+    settings: dict[str, Any] = {
+        "gamma_pos": 0.1,
+        "gamma_neg": -0.05,
+        "layers": [2],
+        "scale": "unit",
+        "sampling": Sampling(),
+    }
+    whole, _ = generate_pairs(FakeBackend(prompts), tok, kept, _dfile(), **settings)
+    backend = FakeBackend(prompts)
+    store = ShardStore(tmp_path / "s", {"k": 1}, rows=5, size=2)
+    sharded, counts = generate_pairs(
+        backend, tok, kept, _dfile(), shard_size=2, store=store, **settings
+    )
+    assert sharded.equals(whole) and counts["pairs"] == 5
+    # Each call holds one shard's two passes, and only its rows' steering vectors.
+    assert [len(p) for p, _ in backend.calls] == [4, 4, 2]
+    assert [v[2].shape[0] for _, v in backend.calls] == [4, 4, 2]
+    assert [float(v[2][0].sum()) for _, v in backend.calls] == pytest.approx([0.1] * 3)
+    assert [float(v[2][-1].sum()) for _, v in backend.calls] == pytest.approx([-0.05] * 3)
+    # Rerun after a kill in the last shard: the finished shards are read, not regenerated.
+    (store.path / "shard-000002.json").unlink()
+    again = FakeBackend(prompts)
+    store = ShardStore(tmp_path / "s", {"k": 1}, rows=5, size=2)
+    resumed, _ = generate_pairs(again, tok, kept, _dfile(), shard_size=2, store=store, **settings)
+    assert [p for p, _ in again.calls] == [[render_prompt(tok, "q4")] * 2]
+    assert resumed.equals(whole)
+
+
 def test_system_prompt_is_used_for_generation_and_kept_in_the_prompt(tiny_model: Any) -> None:
     _, tok = tiny_model
     from icon2.model.chat import render_prompt

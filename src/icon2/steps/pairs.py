@@ -18,11 +18,12 @@ from icon2.core.errors import InputError
 from icon2.core.params import Params
 from icon2.core.tables import PAIR_SCHEMA
 from icon2.engines import make_backend
-from icon2.engines.base import Backend, Sampling
+from icon2.engines.base import Backend, Generation, Sampling
 from icon2.engines.metered import MeteredBackend, engine_devices, stage_meter
 from icon2.model.chat import render_prompt, system_turn
 from icon2.steps.direction_file import DirectionFile, GammaScale, steering_vectors
 from icon2.steps.drops import DROP_REASONS, pair_drop_reason
+from icon2.steps.shards import Shard, ShardStore, plan_shards, run_shards, shard_sampling
 
 
 def generate_pairs(
@@ -37,12 +38,19 @@ def generate_pairs(
     scale: GammaScale,
     sampling: Sampling,
     system: str | None = None,
+    shard_size: int | None = None,
+    store: ShardStore | None = None,
+    meter: Meter | None = None,
 ) -> tuple[pl.DataFrame, dict[str, int]]:
     """Steer, generate, and drop pairs that carry no signal.
 
     Args:
         kept: the filter stage's table; uses columns id, instruction, criterion, split.
         system: system turn for both generations (also put at the head of ``prompt``).
+        shard_size: instructions per shard (:mod:`icon2.steps.shards`); None = one shard.
+            Steering vectors exist for one shard at a time.
+        store: where finished shards are kept, to resume a killed run; None = nowhere.
+        meter: the meter ``backend`` adds to (its shares are kept with the shards).
 
     Returns:
         (pairs with ``PAIR_SCHEMA`` — prompt/chosen/rejected as chat-message lists, TRL's
@@ -54,15 +62,30 @@ def generate_pairs(
     head = system_turn(system)
     criteria = [r["criterion"] for r in rows]
     n = len(rows)
-    # Chosen and rejected rows go through one batched call: per-row vectors carry the
-    # sign, so each instruction's two passes differ only in γ.
-    vectors = steering_vectors(
-        dfile, criteria * 2, [gamma_pos] * n + [gamma_neg] * n, layers, scale
-    )
-    gens = backend.generate(prompts * 2, sampling, vectors=vectors, desc="pairs")
+
+    def work(shard: Shard) -> list[Generation]:
+        # Chosen and rejected rows go through one batched call: per-row vectors carry the
+        # sign, so each instruction's two passes differ only in γ.
+        part, m = slice(shard.start, shard.stop), shard.rows
+        vectors = steering_vectors(
+            dfile, criteria[part] * 2, [gamma_pos] * m + [gamma_neg] * m, layers, scale
+        )
+        shard_sampled = shard_sampling(sampling, shard)
+        return backend.generate(prompts[part] * 2, shard_sampled, vectors=vectors, desc="pairs")
+
+    shards = plan_shards(n, shard_size or max(n, 1))
+    chosen: list[Generation] = []
+    rejected: list[Generation] = []
+    for shard, gens in zip(
+        shards,
+        run_shards(shards, work, store=store, meter=meter, per_row=2, desc="pairs"),
+        strict=True,
+    ):
+        chosen += gens[: shard.rows]
+        rejected += gens[shard.rows :]
     counts = dict.fromkeys(DROP_REASONS, 0)
     out = []
-    for r, c, rj in zip(rows, gens[:n], gens[n:], strict=True):
+    for r, c, rj in zip(rows, chosen, rejected, strict=True):
         reason = pair_drop_reason(c, rj)
         if reason:
             counts[reason] += 1
@@ -107,10 +130,11 @@ def steer_pairs(
     kept: pl.DataFrame,
     dfile: DirectionFile,
     layers: list[int],
+    store: ShardStore | None = None,
 ) -> tuple[pl.DataFrame, dict[str, int], Meter]:
-    """The ``pairs`` stage's work: :func:`generate_pairs` with the ``pairs`` section's γ and
-    decoding settings, on the engine ``base.engine`` names, metered as ICON²'s response
-    generation (cost, A8).
+    """The ``pairs`` stage's work: :func:`generate_pairs` with the ``pairs`` section's γ,
+    decoding settings and shard size, on the engine ``base.engine`` names, metered as
+    ICON²'s response generation (cost, A8); finished shards go to ``store``.
 
     Returns:
         (pairs with ``PAIR_SCHEMA``, counts, the meter).
@@ -136,5 +160,8 @@ def steer_pairs(
         scale=cfg.gamma_scale,
         sampling=sampling,
         system=p.base.system_prompt,
+        shard_size=cfg.shard_size,
+        store=store,
+        meter=meter,
     )
     return pairs, counts, meter

@@ -20,11 +20,12 @@ from icon2.core.errors import InputError
 from icon2.core.params import Params
 from icon2.core.tables import RAW_SCHEMA
 from icon2.engines import make_backend
-from icon2.engines.base import Backend, Sampling
+from icon2.engines.base import Backend, Generation, Sampling
 from icon2.engines.metered import MeteredBackend, engine_devices, stage_meter
 from icon2.model.chat import pre_query_template
 from icon2.model.embeddings import Embedder
 from icon2.steps.cleaning import clean, distinct_n, length_stats
+from icon2.steps.shards import Shard, ShardStore, plan_shards, run_shards, shard_sampling
 
 
 def synthesize(
@@ -34,15 +35,32 @@ def synthesize(
     sampling: Sampling,
     *,
     stop_at_newline: bool = False,
+    shard_size: int | None = None,
+    store: ShardStore | None = None,
+    meter: Meter | None = None,
 ) -> pl.DataFrame:
-    """Sample ``count`` user turns from ``pre_query``.
+    """Sample ``count`` user turns from ``pre_query``, ``shard_size`` at a time (None: all
+    at once), keeping finished shards in ``store`` to resume from (:mod:`icon2.steps.shards`;
+    ``meter`` is the one ``backend`` adds to).
 
     Returns a frame with ``RAW_SCHEMA`` columns: text, finish_reason ("stop" when the
     end-of-turn token was produced, "length" when ``max_new_tokens`` ran out), token_count,
-    seed. With ``stop_at_newline`` (Magpie's early stopping) a text is cut at its first
-    newline and counts as stopped there.
+    seed (the shard's). With ``stop_at_newline`` (Magpie's early stopping) a text is cut at
+    its first newline and counts as stopped there.
     """
-    gens = backend.generate([pre_query] * count, sampling, desc="synthesize")
+
+    def work(shard: Shard) -> list[Generation]:
+        return backend.generate(
+            [pre_query] * shard.rows, shard_sampling(sampling, shard), desc="synthesize"
+        )
+
+    shards = plan_shards(count, shard_size or count)
+    gens, seeds = [], []
+    for shard, part in zip(
+        shards, run_shards(shards, work, store=store, meter=meter, desc="synthesize"), strict=True
+    ):
+        gens += part
+        seeds += [shard_sampling(sampling, shard).seed] * shard.rows
     texts, reasons = [], []
     for g in gens:
         text, reason = g.text, g.finish_reason
@@ -55,7 +73,7 @@ def synthesize(
             "text": texts,
             "finish_reason": reasons,
             "token_count": [g.token_count for g in gens],
-            "seed": [sampling.seed] * count,
+            "seed": seeds,
         },
         schema=RAW_SCHEMA,
     )
@@ -99,11 +117,13 @@ def make_instructions(
     embed: Embedder | None,
     seed: int,
     target: Path,
+    store: ShardStore | None = None,
 ) -> Synthesized:
     """A2 with the ``synthesize`` section: ``external`` instructions when given, else
     ``synthesize.count`` user turns sampled (seeded with ``seed``) from the pre-query
-    template, on the engine ``base.engine`` names; then :func:`~icon2.steps.cleaning.clean`
-    with ``embed`` for near-duplicates.
+    template, on the engine ``base.engine`` names, in shards of ``synthesize.shard_size``
+    kept in ``store`` (a killed run resumes); then :func:`~icon2.steps.cleaning.clean` with
+    ``embed`` for near-duplicates.
 
     Raises:
         InputError: the cleaning rules dropped every sample (naming the counts, the
@@ -132,6 +152,9 @@ def make_instructions(
             cfg.count,
             sampling,
             stop_at_newline=cfg.stop_at_newline,
+            shard_size=cfg.shard_size,
+            store=store,
+            meter=meter,
         )
     kept, counts = clean(
         raw,

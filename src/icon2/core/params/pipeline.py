@@ -115,6 +115,9 @@ class SynthesizeParams(_Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: AnswerBudget = 64  # instructions without end-of-turn are dropped
     batch_size: int = Field(128, ge=1)
+    # Samples per resumable shard (icon2.steps.shards): a killed run resumes from the last
+    # finished shard; shard k samples with seed + k * 1000003.
+    shard_size: int = Field(4096, ge=1)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)  # null = base.seed
     # null = derived from the model's chat template (cut before a sentinel user message).
     pre_query_template: str | None = None
@@ -170,6 +173,9 @@ class PairsParams(_Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     repetition_penalty: float = Field(1.1, gt=0.0)
     batch_size: int = Field(128, ge=1)
+    # Instructions per resumable shard (icon2.steps.shards): a killed run resumes from the
+    # last finished shard; each shard is decoded (and its steering vectors built) on its own.
+    shard_size: int = Field(1024, ge=1)
 
     @model_validator(mode="after")
     def _check_signs(self) -> PairsParams:
