@@ -12,6 +12,9 @@ its peak resident memory (`ru_maxrss` of that process, model-free) is the step's
 * ``clean``      — A2's rules up to exact duplicates (no embeddings);
 * ``near_dup``   — A2's exact near-duplicate pass (blocked all-pairs), up to ``--exact-max``
   rows: above it the all-pairs cost is extrapolated, not run;
+* ``near_dup_ann``— the approximate pass used above ``synthesize.near_dup_exact_max`` (FAISS
+  IVF range search), with its recall of the planted near duplicates and the rows it drops
+  that were not planted (random 384-d rows are never that close);
 * ``filter``     — A3's top-fraction filter and the train/validation split;
 * ``leakage``    — appendix D's 13-gram check of 805 prompts against the N instructions;
 * ``write_pairs``— the pair table (PAIR_SCHEMA) written as Parquet.
@@ -34,7 +37,7 @@ import polars as pl
 import typer
 
 app = typer.Typer(add_completion=False, help=__doc__)
-STEPS = ("clean", "near_dup", "filter", "leakage", "write_pairs")
+STEPS = ("clean", "near_dup", "near_dup_ann", "filter", "leakage", "write_pairs")
 WORDS = [f"w{i}" for i in range(5000)]
 CRITERIA = ("honesty", "harmlessness", "helpfulness", "general")
 DIM = 384
@@ -66,14 +69,15 @@ def _raw(n: int) -> pl.DataFrame:
     )
 
 
-def _embeddings(n: int) -> np.ndarray:
-    """Unit rows; 2 % are noisy copies (cosine ≈ 0.99) of an earlier row."""
+def _embeddings(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit rows, and the rows that are noisy copies (cosine ≈ 0.99) of an earlier row (2 %)."""
     rng = np.random.default_rng(1)
     emb = rng.standard_normal((n, DIM), dtype=np.float32)
-    for i in rng.choice(np.arange(1, n), n // 50, replace=False):
+    copies = rng.choice(np.arange(1, n), n // 50, replace=False)
+    for i in copies:
         emb[i] = emb[int(rng.integers(0, i))] + 0.1 * rng.standard_normal(DIM, dtype=np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    return emb
+    return emb, copies
 
 
 def _run_step(step: str, n: int, scratch: Path) -> dict[str, Any]:
@@ -85,11 +89,21 @@ def _run_step(step: str, n: int, scratch: Path) -> dict[str, Any]:
         t0 = time.perf_counter()
         kept, counts = cleaning.clean(raw, min_chars=10, max_chars=10_000)
         return {"seconds": time.perf_counter() - t0, "kept": counts["kept"]}
-    if step == "near_dup":
-        emb = _embeddings(n)
+    if step in ("near_dup", "near_dup_ann"):
+        emb, copies = _embeddings(n)
+        rule = cleaning._near_duplicates if step == "near_dup" else cleaning._near_duplicates_ann
         t0 = time.perf_counter()
-        dropped = cleaning._near_duplicates(emb, 0.95)
-        return {"seconds": time.perf_counter() - t0, "near_duplicates": int(dropped.sum())}
+        dropped = rule(emb, 0.95)
+        seconds = time.perf_counter() - t0
+        # A copy of a copy may be dropped through either: every planted row is a duplicate.
+        planted = np.zeros(n, dtype=bool)
+        planted[copies] = True
+        return {
+            "seconds": seconds,
+            "near_duplicates": int(dropped.sum()),
+            "recall_of_planted": round(float(dropped[planted].mean()), 5),
+            "dropped_not_planted": int((dropped & ~planted).sum()),
+        }
     if step == "filter":
         rng = np.random.default_rng(2)
         ids = [f"{i:012x}" for i in range(n)]

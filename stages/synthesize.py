@@ -14,6 +14,7 @@ from icon2.core.provenance import provenance
 from icon2.core.tables import INSTRUCTION_SCHEMA, write_table
 from icon2.engines.metered import write_cost
 from icon2.model.embeddings import minilm_embedder
+from icon2.model.loading import pick_device
 from icon2.stage import load_model, seed_everything, user_errors
 from icon2.steps.shards import ShardStore, shard_dir_for
 from icon2.steps.synthesis import make_instructions
@@ -34,7 +35,8 @@ def main(
     seed_everything(seed)
     external = read_instructions(file) if cfg.source == "file" else None
     # The embedder is loaded before generating, so a broken install is reported at once.
-    embed = minilm_embedder() if cfg.near_dup_threshold is not None else None
+    device = str(pick_device(p.base.device))  # a GPU run embeds on the GPU too
+    embed = minilm_embedder(device=device) if cfg.near_dup_threshold is not None else None
     model, tokenizer, card = load_model(model_dir, p)
     inputs = {"model": model_dir} if external is None else {"model": model_dir, "file": file}
     record = provenance("synthesize", p, inputs, card)

@@ -277,3 +277,63 @@ def test_distinct_n() -> None:
 def test_length_stats() -> None:
     assert length_stats(["ab cd", "e"]) == {"mean_chars": 3.0, "mean_words": 1.5}
     assert length_stats([]) == {"mean_chars": 0.0, "mean_words": 0.0}
+
+
+def _planted(n: int, d: int, copies: int, seed: int = 0) -> tuple[np.ndarray, set[int]]:
+    """Unit rows; ``copies`` rows are noisy copies (cosine ≈ 0.98) of an earlier original."""
+    rng = np.random.default_rng(seed)
+    emb = rng.standard_normal((n, d)).astype(np.float32)
+    rows = rng.choice(np.arange(n // 2, n), copies, replace=False)
+    for i in rows:
+        emb[i] = emb[int(rng.integers(0, n // 2))] + 0.15 * rng.standard_normal(d)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    return emb, {int(i) for i in rows}
+
+
+def test_approximate_pass_agrees_with_the_exact_one_on_planted_near_duplicates() -> None:
+    emb, planted = _planted(6000, 64, 300)
+    exact = cleaning._near_duplicates(emb, 0.9)
+    approx = cleaning._near_duplicates_ann(emb, 0.9)
+    assert set(np.flatnonzero(exact).tolist()) == planted  # the plant is what exact finds
+    found = set(np.flatnonzero(approx).tolist())
+    assert found <= planted  # everything it drops is a near-duplicate
+    assert len(found) / len(planted) >= 0.98  # recall
+    # A threshold above every planted pair's cosine drops nothing either way.
+    assert not cleaning._near_duplicates_ann(emb, 0.999).any()
+
+
+def test_approximate_pass_keeps_the_greedy_rule() -> None:
+    # Rows 0 ~ 1 ~ 2 in a chain, 0 and 2 far apart: the exact rule drops 1 only (2's only
+    # close neighbour was dropped); so does the approximate one, and row order decides.
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((200, 32)).astype(np.float32)
+    a = np.zeros(32, dtype=np.float32)
+    a[0] = 1.0
+    c = np.zeros(32, dtype=np.float32)
+    c[1] = 1.0
+    b = (a + c) / np.linalg.norm(a + c)  # cos(a, b) = cos(b, c) = 0.707, cos(a, c) = 0
+    base[[10, 50, 120]] = [a, b, c]
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    exact = cleaning._near_duplicates(base, 0.7)
+    assert np.flatnonzero(exact).tolist() == [50]
+    assert np.array_equal(cleaning._near_duplicates_ann(base, 0.7), exact)
+
+
+def test_clean_switches_to_the_approximate_pass_above_ann_above(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    texts = ["aa bb", "bb cc", "cc dd", "ee ff"]
+    used: list[str] = []
+    for name in ("_near_duplicates", "_near_duplicates_ann"):
+        original = getattr(cleaning, name)
+
+        def spy(emb: np.ndarray, t: float, _f: Any = original, _n: str = name) -> np.ndarray:
+            used.append(_n)
+            return np.asarray(_f(emb, t))
+
+        monkeypatch.setattr(cleaning, name, spy)
+    kwargs: dict[str, Any] = {"min_chars": 1, "max_chars": 99, "near_dup_threshold": 0.5}
+    small, _ = clean(raw(texts), embed=BagOfWords(), ann_above=4, **kwargs)
+    large, counts = clean(raw(texts), embed=BagOfWords(), ann_above=3, **kwargs)
+    assert used == ["_near_duplicates", "_near_duplicates_ann"]
+    assert large.equals(small) and counts["near_duplicate"] == 1

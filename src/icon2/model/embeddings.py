@@ -69,8 +69,9 @@ def _check_pooling(folder: Path) -> None:
         raise ModelError(f"{folder}: expected mean pooling in 1_Pooling/config.json, got {config}")
 
 
-def minilm_embedder(batch_size: int = 64) -> Embedder:
-    """Load all-MiniLM-L6-v2 once (CPU, eval mode) and return a function that embeds texts.
+def minilm_embedder(batch_size: int = 64, device: str = "cpu") -> Embedder:
+    """Load all-MiniLM-L6-v2 once (eval mode, fp32, on ``device``) and return a function
+    that embeds texts.
 
     The returned function maps ``list[str]`` to a float32 array ``[n, 384]`` of
     L2-normalised rows: token embeddings are mean-pooled over the attention mask, exactly
@@ -80,6 +81,8 @@ def minilm_embedder(batch_size: int = 64) -> Embedder:
 
     Args:
         batch_size: texts per forward pass.
+        device: a torch device string ("cpu", "cuda", "cuda:1"); the rows come back on the
+            host either way.
 
     Raises:
         ValueError: ``batch_size`` < 1.
@@ -92,7 +95,7 @@ def minilm_embedder(batch_size: int = 64) -> Embedder:
     max_length = _max_seq_length(folder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModel.from_pretrained(folder, dtype=torch.float32).to("cpu").eval()
+        model = AutoModel.from_pretrained(folder, dtype=torch.float32).to(device).eval()
     except Exception as exc:  # any loader failure is a broken install, not a code bug
         raise ModelError(f"{folder}: cannot load all-MiniLM-L6-v2 ({exc}); {INSTALL_HINT}") from exc
     dim = int(model.config.hidden_size)
@@ -114,11 +117,11 @@ def minilm_embedder(batch_size: int = 64) -> Embedder:
                 truncation=True,
                 max_length=max_length,
                 return_tensors="pt",
-            )
+            ).to(device)
             hidden = model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-            out[idx] = torch.nn.functional.normalize(pooled, p=2.0, dim=1).numpy()
+            out[idx] = torch.nn.functional.normalize(pooled, p=2.0, dim=1).cpu().numpy()
         return out
 
     return embed

@@ -19,6 +19,11 @@ DROP_REASONS = ("empty", "truncated", "too_short", "too_long", "duplicate", "nea
 # Rows compared at once in the near-duplicate pass: blocks of BLOCK x BLOCK similarities
 # (4 MiB of float32) keep memory flat however many rows there are.
 BLOCK = 1024
+# Above this many rows the near-duplicate pass is approximate (FAISS IVF range search,
+# :func:`_near_duplicates_ann`): the exact pass's n² similarities grow to hours at 1M rows.
+ANN_ABOVE = 50_000
+# Lists probed per query by the approximate pass (of about 4·√n lists).
+ANN_NPROBE = 16
 # float32 rounding puts the self-similarity of a unit vector anywhere in 1 ± 1e-7;
 # without slack a threshold of 1.0 would miss identical embeddings.
 SIM_EPS = 1e-6
@@ -77,6 +82,46 @@ def _near_duplicates(emb: np.ndarray, threshold: float) -> np.ndarray:
     return dropped
 
 
+def _near_duplicates_ann(emb: np.ndarray, threshold: float) -> np.ndarray:
+    """:func:`_near_duplicates`' greedy rule on the candidate pairs an inverted-file index
+    finds (FAISS ``IndexIVFFlat``, inner product, ~4·√n k-means lists, ``ANN_NPROBE``
+    probed, range search at the threshold): every pair it returns has an exact cosine at
+    or above the threshold, but a pair whose rows fall in lists the query does not probe is
+    missed, so a few near-duplicates may be kept (recall measured in
+    ``benchmarks/scale.py``; tested on planted near-duplicates)."""
+    import faiss  # only for large inputs
+
+    n, d = emb.shape
+    nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))  # k-means wants >= 39 rows per list
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(0)
+    sample = emb[np.sort(rng.choice(n, min(n, 64 * nlist), replace=False))]
+    index.train(sample)
+    index.add(emb)
+    index.nprobe = min(ANN_NPROBE, nlist)
+    limit = float(threshold - SIM_EPS)
+    later: list[np.ndarray] = []
+    earlier: list[np.ndarray] = []
+    for start in range(0, n, 1 << 16):  # bounded result buffers
+        lims, _, ids = index.range_search(emb[start : start + (1 << 16)], limit)
+        bounds = np.asarray(lims, dtype=np.int64)
+        counts = bounds[1:] - bounds[:-1]
+        rows = start + np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+        keep = ids < rows  # each pair once, as (later row, earlier row)
+        later.append(rows[keep])
+        earlier.append(ids[keep])
+    i = np.concatenate(later) if later else np.zeros(0, dtype=np.int64)
+    j = np.concatenate(earlier) if earlier else np.zeros(0, dtype=np.int64)
+    order = np.lexsort((j, i))
+    dropped = np.zeros(n, dtype=bool)
+    # Greedy in row order over the candidate pairs: j < i is decided before i.
+    for row, partner in zip(i[order].tolist(), j[order].tolist(), strict=True):
+        if not dropped[row] and not dropped[partner]:
+            dropped[row] = True
+    return dropped
+
+
 def clean(
     raw: pl.DataFrame,
     *,
@@ -84,6 +129,7 @@ def clean(
     max_chars: int,
     near_dup_threshold: float | None = None,
     embed: Embedder | None = None,
+    ann_above: int = ANN_ABOVE,
 ) -> tuple[pl.DataFrame, dict[str, int]]:
     """Strip sampled texts and drop unusable ones.
 
@@ -104,6 +150,9 @@ def clean(
         max_chars: longest kept instruction, in characters.
         near_dup_threshold: cosine-similarity threshold in (0, 1]; None skips the rule.
         embed: embeds the surviving texts; required with ``near_dup_threshold``.
+        ann_above: with more surviving rows than this, near-duplicates are found by an
+            approximate nearest-neighbour index (FAISS IVF) instead of all pairs: the same
+            rule on the pairs it finds, which may miss a few (see ``_near_duplicates_ann``).
 
     Returns:
         The kept rows in their original order with columns ``id`` (str:
@@ -164,7 +213,8 @@ def clean(
             norms = np.linalg.norm(emb, axis=1, keepdims=True)
             unit = (emb / np.where(norms > 0, norms, 1)).astype(np.float32)
             hit = np.zeros(frame.height, dtype=bool)
-            hit[alive["row"].to_numpy()[_near_duplicates(unit, near_dup_threshold)]] = True
+            rule = _near_duplicates_ann if alive.height > ann_above else _near_duplicates
+            hit[alive["row"].to_numpy()[rule(unit, near_dup_threshold)]] = True
             frame = frame.with_columns(
                 pl.when(pl.Series(hit))
                 .then(pl.lit("near_duplicate"))

@@ -162,6 +162,7 @@ def make_instructions(
         max_chars=cfg.max_chars,
         near_dup_threshold=cfg.near_dup_threshold,
         embed=embed,
+        ann_above=cfg.near_dup_exact_max,
     )
     if kept.height == 0:
         dropped = {k: v for k, v in counts.items() if k not in ("raw", "kept") and v}

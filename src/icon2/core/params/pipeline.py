@@ -125,6 +125,9 @@ class SynthesizeParams(_Section):
     min_chars: int = Field(12, ge=1)
     max_chars: int = Field(400, ge=1)
     near_dup_threshold: float | None = Field(0.9, gt=0.0, le=1.0)
+    # Up to this many rows the near-duplicate pass compares all pairs; above it a FAISS
+    # IVF index finds the candidates (icon2.steps.cleaning; recall in benchmarks/scale.py).
+    near_dup_exact_max: int = Field(50_000, ge=1)
 
     @model_validator(mode="after")
     def _check_bounds(self) -> SynthesizeParams:
