@@ -54,8 +54,9 @@ def main(
     base, tok, base_card = load_model(base_dir, p)
     layers = controlled_layers(dfile, p.pairs.layers, base_card["num_layers"], directions)
     trained, trained_tok, trained_card = load_model(trained_dir, p)
-    answers = answer(p, trained_dir, trained, trained_tok, instructions, "trained")
-    base_answers = answer(p, base_dir, base, tok, instructions, "base")
+    # One engine at a time; with vLLM the other model leaves the GPU too.
+    answers = answer(p, trained_dir, trained, trained_tok, instructions, "trained", [base])
+    base_answers = answer(p, base_dir, base, tok, instructions, "base", [trained])
     del trained
     judge, judge_name = make_judge(cfg.judge, cfg.reward_model, base, tok, p.base.dtype)
     v = judge_answers(

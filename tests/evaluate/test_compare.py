@@ -57,9 +57,9 @@ def test_answer_uses_the_evaluate_settings_and_the_system_turn(
         made.update(kwargs)
         return backend
 
-    monkeypatch.setattr("icon2.evaluate.compare.make_backend", make_backend)
+    monkeypatch.setattr("icon2.engines.make_backend", make_backend)
     gens = answer(p, tmp_path, model, tok, ["q0", "q1"], "trained")
-    assert made == {"batch_size": 5} and [g.token_count for g in gens] == [1, 2]
+    assert made == {"batch_size": 5, "steering": False} and [g.token_count for g in gens] == [1, 2]
     ((prompts, sampling, desc),) = backend.calls
     assert prompts == [render_prompt(tok, q, p.base.system_prompt) for q in ("q0", "q1")]
     assert sampling == Sampling(

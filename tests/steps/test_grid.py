@@ -74,7 +74,7 @@ def test_run_grid_scores_every_cell_and_applies_the_rule(
         asked.update(args=args, kwargs=kwargs)
         return StubScorer()
 
-    monkeypatch.setattr("icon2.steps.grid.make_backend", make_backend)
+    monkeypatch.setattr("icon2.engines.make_backend", make_backend)
     monkeypatch.setattr("icon2.steps.grid.make_scorer", make_scorer)
     ranges = {"low": [1, 2], "high": [3]}
     run = run_grid(p, tmp_path, model, tok, "tiny", _dfile(), KEPT, ranges, [2])

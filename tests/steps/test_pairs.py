@@ -225,7 +225,7 @@ def test_steer_pairs_takes_the_pairs_section_and_meters_the_engine(
         made.update(kwargs)
         return backend
 
-    monkeypatch.setattr("icon2.steps.pairs.make_backend", make_backend)
+    monkeypatch.setattr("icon2.engines.make_backend", make_backend)
     pairs, counts, meter = steer_pairs(p, tmp_path, model, tok, kept, _dfile(), [2, 3])
     assert made == {"batch_size": 3, "steering": True}
     assert counts["pairs"] == 1 and counts["identical"] == 1

@@ -84,9 +84,9 @@ def test_annotate_iteration_on_one_process(
         made.update(kwargs)
         return backend
 
-    monkeypatch.setattr("icon2.steps.self_annotation.make_backend", make_backend)
+    monkeypatch.setattr("icon2.engines.make_backend", make_backend)
     out = annotate_iteration(p, "2", tmp_path, model, model, tok, ["q0", "q1"], seed=11)
-    assert made == {"batch_size": 3}
+    assert made == {"batch_size": 3, "steering": False}
     ((prompts, sampling, desc),) = backend.calls
     assert len(prompts) == 4 and desc == "spa@2 sample"
     assert sampling == Sampling(max_new_tokens=12, temperature=0.9, seed=11)

@@ -56,7 +56,7 @@ def test_make_instructions_samples_cleans_and_meters(
     over = {"count": 4, "min_chars": 5, "max_new_tokens": 11, "near_dup_threshold": None}
     p = load_params(write_params({"synthesize": over}))
     backend = ScriptBackend()
-    monkeypatch.setattr("icon2.steps.synthesis.make_backend", lambda *a, **k: backend)
+    monkeypatch.setattr("icon2.engines.make_backend", lambda *a, **k: backend)
     out = make_instructions(
         p, tmp_path, model, tok, None, embed=None, seed=5, target=tmp_path / "i.parquet"
     )

@@ -1,11 +1,15 @@
 """Text generation behind one interface (``Backend``): Hugging Face ``generate`` or vLLM.
 Steering enters as plain per-layer tensors, so an engine knows nothing about directions.
 Every generating step (A2 synthesis, A4 pairs, part B sampling, evaluation) uses it, and
-gets its engine from ``make_backend`` (``base.engine``).
+gets its engine from ``open_backend`` (``base.engine``): one engine at a time, closed when the
+step is done, with the step's HF models off the GPU while a vLLM engine holds it
+(:mod:`icon2.engines.session`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -69,3 +73,45 @@ def make_backend(
     stops = end_of_turn_ids(tokenizer)
     settings = p.vllm.model_copy(update={"dtype": dtype.value})
     return VLLMBackend(model_dir, tokenizer, stop_ids=stops, settings=settings, seed=p.base.seed)
+
+
+@contextmanager
+def open_backend(
+    p: Params,
+    model_dir: Path,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    batch_size: int,
+    steering: bool = False,
+    resident: Sequence[Any] = (),
+    close_between_calls: bool = False,
+) -> Iterator[Backend]:
+    """:func:`make_backend` for the length of a ``with`` block.
+
+    With vLLM: what can be checked is checked now (vLLM installed, the architecture
+    steerable), the engine starts at the first ``generate``, ``model`` and ``resident`` (the
+    stage's other HF models) leave the accelerator while it runs, and it is stopped when the
+    block ends — or after every call with ``close_between_calls``, for steps that read with
+    their HF models between generations. The HF engine is returned as it is.
+    """
+    if p.base.engine == "hf":
+        yield make_backend(p, model_dir, model, tokenizer, batch_size=batch_size, steering=steering)
+        return
+    from icon2.engines.session import EngineSession
+    from icon2.engines.vllm import check_steerable, require_vllm
+
+    require_vllm()
+    if steering:
+        check_steerable(model_dir)
+    session = EngineSession(
+        lambda: make_backend(
+            p, model_dir, model, tokenizer, batch_size=batch_size, steering=steering
+        ),
+        [model, *resident],
+        close_between_calls=close_between_calls,
+    )
+    try:
+        yield session
+    finally:
+        session.close()

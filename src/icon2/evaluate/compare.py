@@ -14,7 +14,7 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from icon2.core.params import Params
-from icon2.engines import make_backend
+from icon2.engines import open_backend
 from icon2.engines.base import Generation, Sampling
 from icon2.evaluate.winrate import summarize
 from icon2.model.chat import render_prompt
@@ -65,10 +65,12 @@ def answer(
     tokenizer: PreTrainedTokenizerBase,
     instructions: Sequence[str],
     name: str,
+    resident: Sequence[PreTrainedModel] = (),
 ) -> list[Generation]:
     """One answer per instruction (under ``base.system_prompt``) with the ``evaluate``
-    section's decoding settings, on the engine ``base.engine`` names; ``name`` labels the
-    progress bar."""
+    section's decoding settings, on the engine ``base.engine`` names (a vLLM engine is
+    stopped before this returns; ``model`` and ``resident``, the stage's other HF models,
+    leave the GPU while it runs); ``name`` labels the progress bar."""
     cfg = p.evaluate
     sampling = Sampling(
         max_new_tokens=cfg.max_new_tokens,
@@ -77,8 +79,11 @@ def answer(
         seed=p.base.seed,
     )
     rendered = [render_prompt(tokenizer, q, p.base.system_prompt) for q in instructions]
-    backend = make_backend(p, model_dir, model, tokenizer, batch_size=cfg.batch_size)
-    return backend.generate(rendered, sampling, desc=f"answers {name}")
+    engine = open_backend(
+        p, model_dir, model, tokenizer, batch_size=cfg.batch_size, resident=resident
+    )
+    with engine as backend:
+        return backend.generate(rendered, sampling, desc=f"answers {name}")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from icon2.core.cost import Meter
 from icon2.core.layers import middle_third, resolve_layers
 from icon2.core.params import Params
-from icon2.engines import make_backend
+from icon2.engines import open_backend
 from icon2.engines.base import Backend, Sampling
 from icon2.engines.metered import engine_devices, stage_meter
 from icon2.model.chat import render_prompt
@@ -258,28 +258,35 @@ def run_grid(
         system=p.base.system_prompt,
         batch_size=pc.batch_size,
     )
-    scored = grid_scores(
-        make_backend(p, model_dir, model, tokenizer, batch_size=pc.batch_size, steering=True),
-        tokenizer,
-        rows,
-        dfile,
-        ranges=ranges,
-        gammas_pos=cfg.gamma_pos,
-        gammas_neg=cfg.gamma_neg,
-        scale=pc.gamma_scale,
-        sampling=Sampling(
-            max_new_tokens=cfg.max_new_tokens or pc.max_new_tokens,
-            temperature=pc.temperature,
-            top_p=pc.top_p,
-            repetition_penalty=pc.repetition_penalty,
-            seed=p.base.seed,
-        ),
-        system=p.base.system_prompt,
-        scorer=scorer,
-        projector=projector,
-        generation=generation,
-        annotation=annotation,
-    )
+    # Projections and the scorer read with the HF model between generations: with vLLM
+    # the engine stops after each call and the model comes back to the GPU.
+    engine = open_backend(
+        p, model_dir, model, tokenizer, batch_size=pc.batch_size, steering=True,
+        close_between_calls=True,
+    )  # fmt: skip
+    with engine as backend:
+        scored = grid_scores(
+            backend,
+            tokenizer,
+            rows,
+            dfile,
+            ranges=ranges,
+            gammas_pos=cfg.gamma_pos,
+            gammas_neg=cfg.gamma_neg,
+            scale=pc.gamma_scale,
+            sampling=Sampling(
+                max_new_tokens=cfg.max_new_tokens or pc.max_new_tokens,
+                temperature=pc.temperature,
+                top_p=pc.top_p,
+                repetition_penalty=pc.repetition_penalty,
+                seed=p.base.seed,
+            ),
+            system=p.base.system_prompt,
+            scorer=scorer,
+            projector=projector,
+            generation=generation,
+            annotation=annotation,
+        )
     cells = grid_table(scored, rule)
     pick, reason = select(cells, rule)
     return GridRun(

@@ -17,7 +17,7 @@ from icon2.core.cost import Meter
 from icon2.core.errors import InputError
 from icon2.core.params import Params
 from icon2.core.tables import PAIR_SCHEMA
-from icon2.engines import make_backend
+from icon2.engines import open_backend
 from icon2.engines.base import Backend, Generation, Sampling
 from icon2.engines.metered import MeteredBackend, engine_devices, stage_meter
 from icon2.model.chat import render_prompt, system_turn
@@ -148,20 +148,21 @@ def steer_pairs(
         seed=p.base.seed,
     )
     meter = stage_meter("pairs", "icon2", "response generation", p.base.device, engine_devices(p))
-    backend = make_backend(p, model_dir, model, tokenizer, batch_size=cfg.batch_size, steering=True)
-    pairs, counts = generate_pairs(
-        MeteredBackend(backend, meter, tokenizer),
-        tokenizer,
-        kept,
-        dfile,
-        gamma_pos=cfg.gamma_pos,
-        gamma_neg=cfg.gamma_neg,
-        layers=layers,
-        scale=cfg.gamma_scale,
-        sampling=sampling,
-        system=p.base.system_prompt,
-        shard_size=cfg.shard_size,
-        store=store,
-        meter=meter,
-    )
+    engine = open_backend(p, model_dir, model, tokenizer, batch_size=cfg.batch_size, steering=True)
+    with engine as backend:
+        pairs, counts = generate_pairs(
+            MeteredBackend(backend, meter, tokenizer),
+            tokenizer,
+            kept,
+            dfile,
+            gamma_pos=cfg.gamma_pos,
+            gamma_neg=cfg.gamma_neg,
+            layers=layers,
+            scale=cfg.gamma_scale,
+            sampling=sampling,
+            system=p.base.system_prompt,
+            shard_size=cfg.shard_size,
+            store=store,
+            meter=meter,
+        )
     return pairs, counts, meter

@@ -19,7 +19,7 @@ from icon2.core.errors import InputError, ParamsError
 from icon2.core.params import Params
 from icon2.core.processes import all_ranks, process_state
 from icon2.core.tables import SPA_PAIR_SCHEMA
-from icon2.engines import make_backend
+from icon2.engines import open_backend
 from icon2.engines.base import Backend, Sampling
 from icon2.model.chat import render_prompt, system_turn
 from icon2.model.logprobs import response_logps
@@ -252,20 +252,27 @@ def annotate_iteration(
     annotation of all of them, in rank order.
     """
     cfg, rank = p.spa, process_state()
-    annotation = self_annotate(
-        make_backend(p, previous, policy, tokenizer, batch_size=cfg.batch_size),
-        policy,
-        init,
-        tokenizer,
-        instructions[rank.process_index :: rank.num_processes],
-        sampling=Sampling(
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            seed=seed + rank.process_index,
-        ),
-        system=p.base.system_prompt,
-        beta=cfg.beta,
-        length_penalty=cfg.length_penalty,
-        label=f"spa@{iteration}",
-    )
+    # Labelling reads with π_{t−1} and π_0 after sampling: with vLLM the engine stops after
+    # its call and both come back to the GPU.
+    engine = open_backend(
+        p, previous, policy, tokenizer, batch_size=cfg.batch_size, resident=[init],
+        close_between_calls=True,
+    )  # fmt: skip
+    with engine as backend:
+        annotation = self_annotate(
+            backend,
+            policy,
+            init,
+            tokenizer,
+            instructions[rank.process_index :: rank.num_processes],
+            sampling=Sampling(
+                max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                seed=seed + rank.process_index,
+            ),
+            system=p.base.system_prompt,
+            beta=cfg.beta,
+            length_penalty=cfg.length_penalty,
+            label=f"spa@{iteration}",
+        )
     return merge_annotations(all_ranks(annotation))

@@ -19,7 +19,7 @@ from icon2.core.cost import Meter
 from icon2.core.errors import InputError
 from icon2.core.params import Params
 from icon2.core.tables import RAW_SCHEMA
-from icon2.engines import make_backend
+from icon2.engines import open_backend
 from icon2.engines.base import Backend, Generation, Sampling
 from icon2.engines.metered import MeteredBackend, engine_devices, stage_meter
 from icon2.model.chat import pre_query_template
@@ -145,17 +145,17 @@ def make_instructions(
             top_p=cfg.top_p,
             seed=seed,
         )
-        backend = make_backend(p, model_dir, model, tokenizer, batch_size=cfg.batch_size)
-        raw = synthesize(
-            MeteredBackend(backend, meter, tokenizer),
-            template,
-            cfg.count,
-            sampling,
-            stop_at_newline=cfg.stop_at_newline,
-            shard_size=cfg.shard_size,
-            store=store,
-            meter=meter,
-        )
+        with open_backend(p, model_dir, model, tokenizer, batch_size=cfg.batch_size) as backend:
+            raw = synthesize(
+                MeteredBackend(backend, meter, tokenizer),
+                template,
+                cfg.count,
+                sampling,
+                stop_at_newline=cfg.stop_at_newline,
+                shard_size=cfg.shard_size,
+                store=store,
+                meter=meter,
+            )
     kept, counts = clean(
         raw,
         min_chars=cfg.min_chars,

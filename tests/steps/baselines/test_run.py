@@ -32,7 +32,7 @@ def _stub_engine(monkeypatch: pytest.MonkeyPatch, backend: StubBackend) -> dict[
         made.update(kwargs)
         return backend
 
-    monkeypatch.setattr("icon2.steps.baselines.run.make_backend", make_backend)
+    monkeypatch.setattr("icon2.engines.make_backend", make_backend)
     return made
 
 
@@ -43,7 +43,7 @@ def test_direct_prompting_run(
     backend = StubBackend(truncate=[4])  # row 1's rejected answer runs out of tokens
     made = _stub_engine(monkeypatch, backend)
     run = run_baseline("direct_prompting", params, tmp_path, model, tok, "tiny", KEPT)
-    assert made == {"batch_size": 4}
+    assert made == {"batch_size": 4, "steering": False}
     sent, sampling = backend.calls[0]
     assert sampling.temperature == 0.0 and sampling.max_new_tokens == 9
     assert params.directions.prompts["honesty"].positive in sent[0]

@@ -18,7 +18,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from icon2.core.cost import Meter
 from icon2.core.errors import InputError
 from icon2.core.params import Params
-from icon2.engines import make_backend
+from icon2.engines import open_backend
 from icon2.engines.base import Sampling
 from icon2.engines.metered import engine_devices, stage_meter
 from icon2.steps.baselines.pairs import (
@@ -70,40 +70,48 @@ def run_baseline(
         repetition_penalty=pc.repetition_penalty,
         seed=seed,
     )
-    inp = BaselineInputs(
-        backend=make_backend(p, model_dir, model, tokenizer, batch_size=pc.batch_size),
-        tokenizer=tokenizer,
-        kept=kept,
-        greedy=greedy,
-        sampled=replace(greedy, temperature=cfg.temperature, top_p=cfg.top_p),
-        system=p.base.system_prompt,
-        generation=stage_meter(
-            stage, method, "response generation", p.base.device, engine_devices(p)
-        ),
-        annotation=stage_meter(stage, method, "preference annotation", p.base.device),
+    # Every method reads with the HF model between its generations (judge, scorer): with
+    # vLLM the engine stops after each call and the model comes back to the GPU.
+    engine = open_backend(
+        p, model_dir, model, tokenizer, batch_size=pc.batch_size, close_between_calls=True
     )
-    if method == "sampling_ranking":
-        scorer = make_scorer(
-            cfg.reward_model,
-            cfg.judge,
-            (model, tokenizer, model_name),
-            dtype=p.base.dtype,
-            batch_size=cfg.batch_size,
+    with engine as backend:
+        inp = BaselineInputs(
+            backend=backend,
+            tokenizer=tokenizer,
+            kept=kept,
+            greedy=greedy,
+            sampled=replace(greedy, temperature=cfg.temperature, top_p=cfg.top_p),
+            system=p.base.system_prompt,
+            generation=stage_meter(
+                stage, method, "response generation", p.base.device, engine_devices(p)
+            ),
+            annotation=stage_meter(stage, method, "preference annotation", p.base.device),
         )
-        choices, counts = sampling_ranking(inp, scorer, cfg.samples_ranking)
-        decided_by = scorer.name
-    elif method == "self_rewarding":
-        judge = LMJudge(model, tokenizer, batch_size=cfg.batch_size)
-        choices, counts = self_rewarding(inp, judge, tie_margin=cfg.tie_margin)
-        decided_by = f"self-judge:{model_name} (pairwise, both orders)"
-    elif method == "self_refine":
-        choices, counts = self_refine(inp, cfg.samples_refine, seed)
-        decided_by = "none: chosen = refined answer, rejected = a seeded-random original"
-    else:
-        prompts = {c: (pp.positive, pp.negative) for c, pp in p.directions.prompts.items()}
-        choices, counts = direct_prompting(inp, prompts)
-        decided_by = "none: chosen/rejected under the criterion's positive/negative system prompt"
-    pairs = pair_table(inp, choices, method=method, scorer=decided_by)
+        if method == "sampling_ranking":
+            scorer = make_scorer(
+                cfg.reward_model,
+                cfg.judge,
+                (model, tokenizer, model_name),
+                dtype=p.base.dtype,
+                batch_size=cfg.batch_size,
+            )
+            choices, counts = sampling_ranking(inp, scorer, cfg.samples_ranking)
+            decided_by = scorer.name
+        elif method == "self_rewarding":
+            judge = LMJudge(model, tokenizer, batch_size=cfg.batch_size)
+            choices, counts = self_rewarding(inp, judge, tie_margin=cfg.tie_margin)
+            decided_by = f"self-judge:{model_name} (pairwise, both orders)"
+        elif method == "self_refine":
+            choices, counts = self_refine(inp, cfg.samples_refine, seed)
+            decided_by = "none: chosen = refined answer, rejected = a seeded-random original"
+        else:
+            prompts = {c: (pp.positive, pp.negative) for c, pp in p.directions.prompts.items()}
+            choices, counts = direct_prompting(inp, prompts)
+            decided_by = (
+                "none: chosen/rejected under the criterion's positive/negative system prompt"
+            )
+        pairs = pair_table(inp, choices, method=method, scorer=decided_by)
     if pairs.height == 0:
         raise InputError(
             f"{stage}: every pair was dropped ({counts}); raise pairs.max_new_tokens or check "
