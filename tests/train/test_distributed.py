@@ -86,6 +86,32 @@ def test_bad_machine_settings_are_one_params_error_before_a_launch(
         check_accelerate_config(_config(tmp_path, **changes), "fp32")
 
 
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("fsdp.yaml", "would silently train as plain DDP"),
+        ("zero3.yaml", "train_batch_size is not equal to"),
+    ],
+)
+def test_sharded_configs_are_refused_without_cuda(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, why: str
+) -> None:
+    """FSDP and ZeRO-3 on a CPU-only machine: one error naming why, never a DDP run in their
+    place (with 2 processes on gloo, fsdp.yaml trained as MULTI_CPU, i.e. DDP)."""
+    config = yaml.safe_load((REPO / "configs/accelerate" / name).read_text())
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({**config, "mixed_precision": "no", "num_processes": 2}))
+    monkeypatch.setattr(distributed.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(distributed.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ParamsError, match=r"needs CUDA GPUs: .*" + why) as info:
+        check_accelerate_config(path, "fp32")
+    assert str(info.value).startswith(f"train.accelerate_config: {path} selects ")
+    assert "use configs/accelerate/ddp.yaml" in str(info.value)
+    monkeypatch.setattr(distributed.torch.cuda, "is_available", lambda: True)
+    distributed.check_sharding_device(yaml.safe_load(path.read_text()), path)  # a GPU machine
+    distributed.check_sharding_device(CPU_DDP, path)  # DDP runs anywhere
+
+
 def test_two_machines_over_loopback_pass_the_checks(tmp_path: Path) -> None:
     two = {"num_processes": 2, "num_machines": 2, "main_process_port": 29500}
     for rank in (0, 1):
@@ -223,6 +249,9 @@ def test_two_process_ddp_matches_one_process(
         one_flags, ddp_flags = (f["flagged_fraction"].to_list() for f in flagged)
         assert one_flags == ddp_flags and one_flags[1:] == [0.5, 0.5, 0.5]
     assert ddp_metrics["optimizer_steps"] == one_metrics["optimizer_steps"] == 4
+    # How each run was spread, as train.json records it (gloo DDP is MULTI_CPU).
+    assert (one_metrics["distributed_type"], one_metrics["processes"]) == ("NO", 1)
+    assert (ddp_metrics["distributed_type"], ddp_metrics["processes"]) == ("MULTI_CPU", 2)
     # Only rank 0 wrote, and it wrote a whole checkpoint.
     assert (tmp_path / "ddp" / "ckpt" / "model.safetensors").is_file()
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["ckpt", "live", "train.json"]

@@ -59,6 +59,7 @@ def check_accelerate_config(path: Path, precision: str) -> dict[str, Any]:
             f"{key}: {path} selects DeepSpeed ZeRO-{stage}, but deepspeed is not installed "
             f"(pip install deepspeed on the GPU machine, or use configs/accelerate/fsdp.yaml)"
         )
+    check_sharding_device(config, path)
     check_machines(config, path)
     resolved = resolve_mixed("train.precision", precision, compute_device("auto"))
     mixed, want = str(config.get("mixed_precision", "no")), _MIXED[resolved.value]
@@ -69,6 +70,33 @@ def check_accelerate_config(path: Path, precision: str) -> dict[str, Any]:
             f"(set mixed_precision: {want} there, or change train.precision)"
         )
     return config
+
+
+#: What happens to a sharded config on a machine without CUDA (accelerate 1.16, transformers
+#: 5.25, DeepSpeed 0.19.8; measured with 2 processes on gloo, tests/train/test_distributed.py).
+_NO_CPU_SHARDING = {
+    "FSDP": (
+        "accelerate applies its FSDP plugin only to GPU-class process groups: on CPU (gloo) "
+        "the run would silently train as plain DDP (distributed_type MULTI_CPU)"
+    ),
+    "DEEPSPEED": (
+        "accelerate drops its DeepSpeed plugin when training on the CPU (silently plain DDP), "
+        "and with DeepSpeed's CPU accelerator transformers sizes the batch for 1 process of "
+        "2 (DeepSpeed: train_batch_size is not equal to micro_batch_per_gpu * "
+        "gradient_acc_step * world_size)"
+    ),
+}
+
+
+def check_sharding_device(config: dict[str, Any], path: Path) -> None:
+    """FSDP and DeepSpeed configs need CUDA; on a CPU-only machine they are refused rather
+    than run as something else (why: ``_NO_CPU_SHARDING``)."""
+    kind = str(config.get("distributed_type"))
+    if kind in _NO_CPU_SHARDING and not torch.cuda.is_available():
+        raise ParamsError(
+            f"train.accelerate_config: {path} selects {kind}, which needs CUDA GPUs: "
+            f"{_NO_CPU_SHARDING[kind]}; on this machine use configs/accelerate/ddp.yaml"
+        )
 
 
 def check_machines(config: dict[str, Any], path: Path) -> None:

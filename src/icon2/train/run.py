@@ -208,12 +208,16 @@ def curve_metrics(result: TrainResult) -> dict[str, Any]:
 def train_metrics(
     result: TrainResult, train_dataset: datasets.Dataset, eval_dataset: datasets.Dataset | None
 ) -> dict[str, Any]:
-    """The ``train`` stage's metrics: pair counts, optimizer steps, training time (s) and
-    :func:`curve_metrics`."""
+    """The ``train`` stage's metrics: pair counts, optimizer steps, training time (s), how it
+    was spread (accelerate's distributed type — NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED —
+    and the process count) and :func:`curve_metrics`."""
+    accelerator = result.trainer.accelerator
     return {
         "train_pairs": len(train_dataset),
         "validation_pairs": 0 if eval_dataset is None else len(eval_dataset),
         "optimizer_steps": result.steps,
         "train_seconds": round(result.seconds, 2),
+        "distributed_type": str(accelerator.distributed_type.value),
+        "processes": int(accelerator.num_processes),
         **curve_metrics(result),
     }
