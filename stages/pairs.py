@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from icon2.core.io import write_json
+from icon2.core.launch import cli_options, relaunch_generation
+from icon2.core.processes import is_main_process
 from icon2.core.provenance import provenance
 from icon2.core.tables import PAIR_SCHEMA, read_kept, write_table
 from icon2.engines.metered import write_cost
@@ -20,7 +22,7 @@ from icon2.steps.direction_file import (
     load_directions,
 )
 from icon2.steps.pairs import steer_pairs
-from icon2.steps.shards import ShardStore, shard_dir_for
+from icon2.steps.shards import ShardStore, shard_dir_for, shard_key
 
 
 @user_errors
@@ -33,8 +35,9 @@ def main(
     cost: Annotated[Path | None, typer.Option(help="Cost records (JSON) to write.")] = None,
     params: Annotated[Path, typer.Option(help="Params file.")] = Path("params.yaml"),
 ) -> None:
+    options = cli_options(locals())  # this command's own options, to relaunch it unchanged
     p = open_stage(params)
-    # Every input is checked before the model is loaded.
+    # Every input is checked before the model is loaded (and before any launch).
     table = read_kept(kept)
     if p.pairs.max_instructions is not None:
         table = table.head(p.pairs.max_instructions)
@@ -43,13 +46,18 @@ def main(
     check_same_model(dfile, card, directions)
     check_criteria(dfile, table["criterion"].unique().to_list(), str(kept), directions)
     layers = controlled_layers(dfile, p.pairs.layers, card["num_layers"], directions)
+    # With base.generation_accelerate_config set, this process only launches the ranks.
+    relaunch_generation(p.base.generation_accelerate_config, Path(__file__), options)
     model, tokenizer, card = load_model(model_dir, p)
     meta = provenance("pairs", p, {"directions": directions, "kept": kept}, card)
     # Finished shards wait here until the outputs are written: a killed run resumes.
-    store = ShardStore(shard_dir_for(out), meta, rows=table.height, size=p.pairs.shard_size)
+    key = shard_key(meta)
+    store = ShardStore(shard_dir_for(out), key, rows=table.height, size=p.pairs.shard_size)
     pairs, counts, meter = steer_pairs(
         p, model_dir, model, tokenizer, table, dfile, layers, store=store
     )
+    if not is_main_process():
+        return  # every rank has the whole table; the main process writes it
     write_table(out, pairs, PAIR_SCHEMA, meta)
     write_json(metrics, counts)
     write_cost(cost, [meter])

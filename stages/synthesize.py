@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 
 from icon2.core.io import write_json
+from icon2.core.launch import cli_options, relaunch_generation
 from icon2.core.params import load_params
+from icon2.core.processes import is_main_process
 from icon2.core.prompts import read_instructions
 from icon2.core.provenance import provenance
 from icon2.core.tables import INSTRUCTION_SCHEMA, write_table
@@ -16,7 +18,7 @@ from icon2.engines.metered import write_cost
 from icon2.model.embeddings import minilm_embedder
 from icon2.model.loading import pick_device
 from icon2.stage import load_model, seed_everything, user_errors
-from icon2.steps.shards import ShardStore, shard_dir_for
+from icon2.steps.shards import ShardStore, shard_dir_for, shard_key
 from icon2.steps.synthesis import make_instructions
 
 
@@ -29,11 +31,15 @@ def main(
     cost: Annotated[Path | None, typer.Option(help="Cost records (JSON) to write.")] = None,
     params: Annotated[Path, typer.Option(help="Params file.")] = Path("params.yaml"),
 ) -> None:
+    options = cli_options(locals())  # this command's own options, to relaunch it unchanged
     p = load_params(params)
     cfg = p.synthesize
     seed = p.base.seed if cfg.seed is None else cfg.seed
     seed_everything(seed)
     external = read_instructions(file) if cfg.source == "file" else None
+    # With base.generation_accelerate_config set, this process only launches the ranks.
+    if external is None:
+        relaunch_generation(p.base.generation_accelerate_config, Path(__file__), options)
     # The embedder is loaded before generating, so a broken install is reported at once.
     device = str(pick_device(p.base.device))  # a GPU run embeds on the GPU too
     embed = minilm_embedder(device=device) if cfg.near_dup_threshold is not None else None
@@ -41,11 +47,13 @@ def main(
     inputs = {"model": model_dir} if external is None else {"model": model_dir, "file": file}
     record = provenance("synthesize", p, inputs, card)
     # Finished shards of samples wait here until the outputs are written: a killed run resumes.
-    store = ShardStore(shard_dir_for(out), record, rows=cfg.count, size=cfg.shard_size)
+    store = ShardStore(shard_dir_for(out), shard_key(record), rows=cfg.count, size=cfg.shard_size)
     result = make_instructions(
         p, model_dir, model, tokenizer, external, embed=embed, seed=seed, target=out,
         store=None if external is not None else store,
     )  # fmt: skip
+    if not is_main_process():
+        return  # every rank has the whole table; the main process writes it
     meta = {**record, "pre_query_template": result.template}
     write_table(out, result.kept, INSTRUCTION_SCHEMA, meta)
     write_json(metrics, result.metrics)

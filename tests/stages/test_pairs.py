@@ -346,3 +346,79 @@ def test_kill_9_mid_pairs_then_rerun_gives_the_uninterrupted_bytes(
     for name in ("pairs.parquet", "pairs.json"):
         assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
     assert not (killed / ".shards").exists()
+
+
+def _ddp_config(path: Path, **changes: Any) -> Path:
+    import yaml
+
+    from tests.conftest import REPO
+
+    config = yaml.safe_load((REPO / "configs/accelerate/ddp.yaml").read_text())
+    changed = {**config, "mixed_precision": "no", "num_processes": 2, **changes}
+    path.write_text(yaml.safe_dump(changed))
+    return path
+
+
+def test_pairs_on_two_processes_write_one_process_bytes(
+    chain: dict[str, Any], tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """base.generation_accelerate_config: two processes (gloo) split the shards, the main one
+    writes; the table and counts are the bytes one process writes."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    params = _params(chain, one, synthesize={"source": "file"}, pairs={"shard_size": 2})
+    for step in (_synth, _score):
+        assert step(chain, params, one).exit_code == 0
+    assert _filter(params, one).exit_code == 0
+    assert _pairs(chain, params, one).exit_code == 0
+    two.mkdir()
+    (two / "kept.parquet").write_bytes((one / "kept.parquet").read_bytes())
+    config = _ddp_config(tmp_path / "ddp2.yaml")
+    spread = _params(
+        chain,
+        two,
+        base={"generation_accelerate_config": str(config)},
+        synthesize={"source": "file"},
+        pairs={"shard_size": 2},
+    )
+    capfd.readouterr()
+    r = _pairs(chain, spread, two)
+    assert r.exit_code == 0, r.output
+    ranks = capfd.readouterr().err  # the launched processes write to the real stderr
+    assert "(process 0 of 2)" in ranks and "(process 1 of 2)" in ranks, ranks[-2000:]
+    assert (two / "pairs.json").read_bytes() == (one / "pairs.json").read_bytes()
+    assert pl.read_parquet(two / "pairs.parquet").equals(pl.read_parquet(one / "pairs.parquet"))
+    # The provenance says how it was spread; everything else in it is the same.
+    meta = {d: read_provenance(d / "pairs.parquet") for d in (one, two)}
+    key = "base.generation_accelerate_config"
+    assert (meta[one]["params"][key], meta[two]["params"][key]) == (None, str(config))
+    for m in meta.values():
+        m["params"].pop(key)
+    assert meta[one] == meta[two]
+    assert not (two / ".shards").exists()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"distributed_type": "FSDP"}, "selects FSDP; generation is spread as data parallel"),
+        (
+            {"num_machines": 2, "main_process_ip": "gone.invalid", "main_process_port": 29500},
+            "main_process_ip 'gone.invalid' cannot be reached",
+        ),
+    ],
+)
+def test_a_bad_generation_config_is_one_line_before_a_launch(
+    chain: dict[str, Any], tmp_path: Path, changes: dict[str, Any], message: str
+) -> None:
+    plain = _params(chain, tmp_path, synthesize={"source": "file"})
+    for step in (_synth, _score):
+        assert step(chain, plain, tmp_path).exit_code == 0
+    assert _filter(plain, tmp_path).exit_code == 0
+    config = _ddp_config(tmp_path / "bad.yaml", **changes)
+    params = _params(chain, tmp_path, base={"generation_accelerate_config": str(config)})
+    r = _pairs(chain, params, tmp_path)
+    assert r.exit_code == 2, r.output
+    [line] = [x for x in r.output.splitlines() if x.strip()]
+    assert line.startswith("error: ") and message in line, line
+    assert not (tmp_path / "pairs.parquet").exists()

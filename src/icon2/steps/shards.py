@@ -16,6 +16,12 @@ removes the directory once its outputs are written.
 Each shard file also keeps what the shard cost (wall seconds, tokens generated and read), so
 a resumed stage's cost record counts the finished shards' work, not only the part it redid.
 The work a kill interrupted inside a shard is lost and not counted.
+
+Under ``accelerate launch`` (``base.generation_accelerate_config``) the same shards spread
+over the processes: process r generates the unfinished shards whose index is r modulo N
+into the shared directory, all wait for each other, and every process then reads the whole
+job back from it. The bytes equal one process's, since no shard's work depends on which
+process did it (the directory must be shared by all: one machine, or a shared filesystem).
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from typing import Any
 from icon2.core.cost import Meter
 from icon2.core.errors import InputError
 from icon2.core.io import sha256_json, write_json
+from icon2.core.params.stage_keys import GENERATION
+from icon2.core.processes import process_state
 from icon2.engines.base import Generation, Sampling
 
 #: Seed offset between shards: above any batch or request count inside one shard, so two
@@ -64,6 +72,13 @@ def plan_shards(rows: int, size: int) -> list[Shard]:
 def shard_sampling(sampling: Sampling, shard: Shard) -> Sampling:
     """The shard's decoding settings: its own seed, the rest unchanged."""
     return dataclasses.replace(sampling, seed=sampling.seed + shard.index * SEED_STRIDE)
+
+
+def shard_key(record: dict[str, Any]) -> dict[str, Any]:
+    """What a stage's shards depend on: its provenance record without the process count
+    (``base.generation_accelerate_config``), so a run resumes on any number of processes."""
+    params = {k: v for k, v in record.get("params", {}).items() if k != GENERATION}
+    return {**record, "params": params}
 
 
 def shard_dir_for(out: Path) -> Path:
@@ -190,6 +205,13 @@ def _cost(meter: Meter | None) -> dict[str, float]:
     }
 
 
+def _add(meter: Meter | None, cost: dict[str, float]) -> None:
+    if meter is not None:
+        meter.wall_seconds += cost["wall_seconds"]
+        meter.tokens_generated += int(cost["tokens_generated"])
+        meter.tokens_read += int(cost["tokens_read"])
+
+
 def run_shards(
     shards: Sequence[Shard],
     work: Callable[[Shard], list[Generation]],
@@ -203,36 +225,51 @@ def run_shards(
 
     ``work`` returns ``per_row`` generations per row of its shard. ``meter`` is the meter
     ``work``'s backend adds to: each shard's share is saved with it, and a read shard's
-    share is added back, so the meter ends with the whole job's cost. With ``store`` None
-    every shard is worked and nothing is kept.
+    share is added back, so the meter ends with the whole job's cost (with several
+    processes: every process's). With ``store`` None every shard is worked and nothing is
+    kept (one process only).
     """
-    if store is not None and store.open():
+    state = process_state()
+    rank, world = state.process_index, state.num_processes
+    if store is None and world > 1:
+        raise ValueError(f"{desc}: {world} processes need a shard store to meet in")
+    if store is not None and store.open() and state.is_main_process:
         found = sum(store.has(s) for s in shards)
         print(f"{desc}: resuming from {store.path}: {found} of {len(shards)} shards done",
               file=sys.stderr, flush=True)  # fmt: skip
     todo = [s.index for s in shards if store is None or not store.has(s)]
-    out: list[list[Generation]] = []
+    mine = [i for i in todo if i % world == rank]
+    done: dict[int, list[Generation]] = {}
     started = time.perf_counter()
     for shard in shards:
-        kept = store.load(shard) if store is not None else None
-        if kept is not None:
-            gens, cost = kept
-            if meter is not None:
-                meter.wall_seconds += cost["wall_seconds"]
-                meter.tokens_generated += int(cost["tokens_generated"])
-                meter.tokens_read += int(cost["tokens_read"])
+        if shard.index not in mine:
+            continue
+        before = _cost(meter)
+        gens = work(shard)
+        if store is not None:
+            after = _cost(meter)
+            store.save(shard, gens, {k: after[k] - before[k] for k in after})
+        done[shard.index] = gens
+        worked = mine.index(shard.index) + 1
+        if len(shards) > 1:
+            eta = (time.perf_counter() - started) / worked * (len(mine) - worked)
+            print(f"{desc}: shard {shard.index + 1}/{len(shards)} done"
+                  f"{f' (process {rank} of {world})' if world > 1 else ''}, "
+                  f"{len(mine) - worked} to go, ~{eta / 60:.1f} min left",
+                  file=sys.stderr, flush=True)  # fmt: skip
+    if world > 1:
+        state.wait_for_everyone()  # every shard is on disk now
+    out: list[list[Generation]] = []
+    for shard in shards:
+        if shard.index in done:
+            gens = done[shard.index]
         else:
-            before = _cost(meter)
-            gens = work(shard)
-            if store is not None:
-                after = _cost(meter)
-                store.save(shard, gens, {k: after[k] - before[k] for k in after})
-            worked = todo.index(shard.index) + 1
-            if len(shards) > 1:
-                eta = (time.perf_counter() - started) / worked * (len(todo) - worked)
-                print(f"{desc}: shard {shard.index + 1}/{len(shards)} done, "
-                      f"{len(todo) - worked} to go, ~{eta / 60:.1f} min left",
-                      file=sys.stderr, flush=True)  # fmt: skip
+            assert store is not None  # only a stored shard can be missing from `done`
+            kept = store.load(shard)
+            if kept is None:
+                raise InputError(f"{desc}: shard {shard.index} is missing from {store.path}")
+            gens, cost = kept
+            _add(meter, cost)
         if len(gens) != shard.rows * per_row:
             raise InputError(
                 f"{desc}: shard {shard.index} holds {len(gens)} generations, expected "

@@ -18,11 +18,7 @@ With one process every helper here is the identity, so single-process runs are u
 from __future__ import annotations
 
 import importlib.util
-import os
-import socket
-import subprocess
-import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,12 +29,15 @@ from accelerate.utils import broadcast_object_list, gather_object
 
 from icon2.core.configs import read_accelerate_config
 from icon2.core.errors import InputError, ParamsError
+from icon2.core.launch import check_machines, cli_options, launch, launched
 from icon2.core.precision import compute_device, resolve_mixed
 from icon2.core.processes import process_state
 from icon2.train.losses import ConfidenceWindow
 
+# Re-exported: the training stages import them from here.
+__all__ = ["check_machines", "cli_options", "launched"]
+
 T = TypeVar("T")
-LAUNCHED = "ICON2_ACCELERATE_LAUNCHED"
 _MIXED = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 
@@ -99,49 +98,6 @@ def check_sharding_device(config: dict[str, Any], path: Path) -> None:
         )
 
 
-def check_machines(config: dict[str, Any], path: Path) -> None:
-    """The process and machine counts, this machine's rank and, across machines, the main
-    process's address: each wrong value is one ParamsError before any process starts."""
-    key = "train.accelerate_config"
-    least = {"num_processes": 1, "num_machines": 1, "machine_rank": 0}
-    counts: dict[str, int] = {}
-    for name, low in least.items():
-        value = config.get(name, low)  # accelerate's defaults: one process, one machine
-        if type(value) is not int or value < low:
-            raise ParamsError(f"{key}: {path}: {name} must be an integer >= {low}, got {value!r}")
-        counts[name] = value
-    processes, machines, rank = counts.values()
-    if rank >= machines:
-        raise ParamsError(
-            f"{key}: {path}: machine_rank {rank} is out of range for num_machines {machines} "
-            f"(0 .. {machines - 1})"
-        )
-    if processes % machines:
-        raise ParamsError(
-            f"{key}: {path}: num_processes {processes} (all machines together) is not a "
-            f"multiple of num_machines {machines}"
-        )
-    if machines == 1:
-        return
-    host, port = config.get("main_process_ip"), config.get("main_process_port")
-    if not host or not isinstance(port, int) or not 0 < port < 65536:
-        raise ParamsError(
-            f"{key}: {path}: {machines} machines need main_process_ip and main_process_port "
-            f"(the rank-0 machine's address), got {host!r}:{port!r}"
-        )
-    try:
-        socket.getaddrinfo(str(host), port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise ParamsError(
-            f"{key}: {path}: main_process_ip {host!r} cannot be reached ({exc.strerror or exc})"
-        ) from None
-
-
-def launched() -> bool:
-    """Whether this process was started by :func:`relaunch` (one of N ranks)."""
-    return os.environ.get(LAUNCHED) == "1"
-
-
 def relaunch(config: str | None, precision: str, script: Path, options: list[str]) -> None:
     """Re-run ``script`` under ``accelerate launch`` if ``config`` is set; exits when done.
 
@@ -155,26 +111,7 @@ def relaunch(config: str | None, precision: str, script: Path, options: list[str
     if config is None or launched():
         return
     check_accelerate_config(Path(config), precision)
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config]
-    # PYTHONSAFEPATH: the ranks do not put stages/ first on sys.path, where a stage script
-    # named like a standard module (select.py, ...) would shadow it.
-    env = {**os.environ, LAUNCHED: "1", "PYTHONSAFEPATH": "1"}
-    done = subprocess.run([*command, str(script), *options], env=env, check=False)
-    if done.returncode != 0:
-        print(
-            f"error: {script.name} under {config} failed (exit {done.returncode})", file=sys.stderr
-        )
-    raise SystemExit(done.returncode)
-
-
-def cli_options(values: Mapping[str, object]) -> list[str]:
-    """A stage's option values (``locals()`` at the top of its ``main``) as command-line
-    arguments: ``model_dir=Path("m")`` → ``["--model-dir", "m"]``; None values are left out."""
-    out: list[str] = []
-    for name, value in values.items():
-        if value is not None:
-            out += [f"--{name.replace('_', '-')}", str(value)]
-    return out
+    launch(config, script, options)
 
 
 def full_state_dict(trainer: Any) -> dict[str, torch.Tensor] | None:

@@ -210,8 +210,12 @@ def train_metrics(
 ) -> dict[str, Any]:
     """The ``train`` stage's metrics: pair counts, optimizer steps, training time (s), how it
     was spread (accelerate's distributed type — NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED —
-    and the process count) and :func:`curve_metrics`."""
+    and the process count), on CUDA the peak GPU memory, and :func:`curve_metrics`."""
     accelerator = result.trainer.accelerator
+    # On CUDA, this process's peak of allocated GPU memory (what stages/memory.py plans).
+    gpu = {}
+    if torch.cuda.is_available():
+        gpu["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     return {
         "train_pairs": len(train_dataset),
         "validation_pairs": 0 if eval_dataset is None else len(eval_dataset),
@@ -219,5 +223,6 @@ def train_metrics(
         "train_seconds": round(result.seconds, 2),
         "distributed_type": str(accelerator.distributed_type.value),
         "processes": int(accelerator.num_processes),
+        **gpu,
         **curve_metrics(result),
     }

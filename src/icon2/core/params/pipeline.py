@@ -35,6 +35,10 @@ class BaseParams(_Section):
     # What generates text in every generating stage: transformers `generate` (hf) or vLLM
     # (`pip install -e '.[vllm]'`, settings in the `vllm` section).
     engine: Literal["hf", "vllm"] = "hf"
+    # An accelerate config (e.g. configs/accelerate/ddp.yaml): synthesize and pairs then run
+    # on its processes (one per GPU; machines too), each generating every N-th shard; the
+    # outputs are the same bytes as one process's. null = one process.
+    generation_accelerate_config: str | None = None
 
     @field_validator("model")
     @classmethod
