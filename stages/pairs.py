@@ -46,13 +46,15 @@ def main(
     check_same_model(dfile, card, directions)
     check_criteria(dfile, table["criterion"].unique().to_list(), str(kept), directions)
     layers = controlled_layers(dfile, p.pairs.layers, card["num_layers"], directions)
+    meta = provenance("pairs", p, {"directions": directions, "kept": kept}, card)
+    # Finished shards wait here until the outputs are written: a killed run resumes. Another
+    # run's shards are refused now, before any launch.
+    key = shard_key(meta)
+    store = ShardStore(shard_dir_for(out), key, rows=table.height, size=p.pairs.shard_size)
+    store.check()
     # With base.generation_accelerate_config set, this process only launches the ranks.
     relaunch_generation(p.base.generation_accelerate_config, Path(__file__), options)
     model, tokenizer, card = load_model(model_dir, p)
-    meta = provenance("pairs", p, {"directions": directions, "kept": kept}, card)
-    # Finished shards wait here until the outputs are written: a killed run resumes.
-    key = shard_key(meta)
-    store = ShardStore(shard_dir_for(out), key, rows=table.height, size=p.pairs.shard_size)
     pairs, counts, meter = steer_pairs(
         p, model_dir, model, tokenizer, table, dfile, layers, store=store
     )

@@ -16,7 +16,7 @@ from icon2.core.provenance import provenance
 from icon2.core.tables import INSTRUCTION_SCHEMA, write_table
 from icon2.engines.metered import write_cost
 from icon2.model.embeddings import minilm_embedder
-from icon2.model.loading import pick_device
+from icon2.model.loading import pick_device, read_card
 from icon2.stage import load_model, seed_everything, user_errors
 from icon2.steps.shards import ShardStore, shard_dir_for, shard_key
 from icon2.steps.synthesis import make_instructions
@@ -37,17 +37,19 @@ def main(
     seed = p.base.seed if cfg.seed is None else cfg.seed
     seed_everything(seed)
     external = read_instructions(file) if cfg.source == "file" else None
-    # With base.generation_accelerate_config set, this process only launches the ranks.
+    inputs = {"model": model_dir} if external is None else {"model": model_dir, "file": file}
+    record = provenance("synthesize", p, inputs, read_card(model_dir))
+    # Finished shards of samples wait here until the outputs are written: a killed run
+    # resumes. Another run's shards are refused now, before any launch.
+    store = ShardStore(shard_dir_for(out), shard_key(record), rows=cfg.count, size=cfg.shard_size)
     if external is None:
+        store.check()
+        # With base.generation_accelerate_config set, this process only launches the ranks.
         relaunch_generation(p.base.generation_accelerate_config, Path(__file__), options)
     # The embedder is loaded before generating, so a broken install is reported at once.
     device = str(pick_device(p.base.device))  # a GPU run embeds on the GPU too
     embed = minilm_embedder(device=device) if cfg.near_dup_threshold is not None else None
     model, tokenizer, card = load_model(model_dir, p)
-    inputs = {"model": model_dir} if external is None else {"model": model_dir, "file": file}
-    record = provenance("synthesize", p, inputs, card)
-    # Finished shards of samples wait here until the outputs are written: a killed run resumes.
-    store = ShardStore(shard_dir_for(out), shard_key(record), rows=cfg.count, size=cfg.shard_size)
     result = make_instructions(
         p, model_dir, model, tokenizer, external, embed=embed, seed=seed, target=out,
         store=None if external is not None else store,

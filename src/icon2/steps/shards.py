@@ -105,39 +105,49 @@ class ShardStore:
             "shard_size": size,
         }
 
-    def open(self) -> int:
-        """Create the directory, or check that the one there belongs to this run.
+    def check(self) -> int:
+        """Check, without creating anything, that the directory (if any) belongs to this run.
 
         Returns:
-            the number of complete shards found.
+            the number of complete shards found (0 when there is no directory yet).
 
         Raises:
             InputError: the directory holds shards of another run (other params, inputs,
                 model or precision), or files this store did not write.
         """
         manifest = self.path / MANIFEST
-        if self.path.exists():
-            if not manifest.is_file():
-                if any(self.path.iterdir()):
-                    raise InputError(
-                        f"{self.path}: a shard directory without {MANIFEST}; it is not this "
-                        f"stage's: move it away, then rerun"
-                    )
-            else:
-                found = _read_manifest(manifest)
-                if found != self.manifest:
-                    raise InputError(
-                        f"{self.path}: shards of another run (its params, inputs, model or "
-                        f"precision differ: key {str(found.get('key'))[:12]}, rows "
-                        f"{found.get('rows')}, shard_size {found.get('shard_size')}; this run: "
-                        f"key {str(self.manifest['key'])[:12]}, rows {self.manifest['rows']}, "
-                        f"shard_size {self.manifest['shard_size']}); they are never mixed in: "
-                        f"restore those settings to resume, or remove {self.path} to start over"
-                    )
-        self.path.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            return 0
         if not manifest.is_file():
-            write_json(manifest, self.manifest)
+            if any(self.path.iterdir()):
+                raise InputError(
+                    f"{self.path}: a shard directory without {MANIFEST}; it is not this "
+                    f"stage's: move it away, then rerun"
+                )
+            return 0
+        found = _read_manifest(manifest)
+        if found != self.manifest:
+            raise InputError(
+                f"{self.path}: shards of another run (its params, inputs, model or "
+                f"precision differ: key {str(found.get('key'))[:12]}, rows "
+                f"{found.get('rows')}, shard_size {found.get('shard_size')}; this run: "
+                f"key {str(self.manifest['key'])[:12]}, rows {self.manifest['rows']}, "
+                f"shard_size {self.manifest['shard_size']}); they are never mixed in: "
+                f"restore those settings to resume, or remove {self.path} to start over"
+            )
         return sum(1 for _ in self.path.glob("shard-*.json"))
+
+    def open(self) -> int:
+        """:meth:`check`, then create the directory and its manifest if missing.
+
+        Returns:
+            the number of complete shards found.
+        """
+        found = self.check()
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not (self.path / MANIFEST).is_file():
+            write_json(self.path / MANIFEST, self.manifest)
+        return found
 
     def _file(self, shard: Shard) -> Path:
         return self.path / f"shard-{shard.index:06d}.json"
@@ -233,10 +243,17 @@ def run_shards(
     rank, world = state.process_index, state.num_processes
     if store is None and world > 1:
         raise ValueError(f"{desc}: {world} processes need a shard store to meet in")
-    if store is not None and store.open() and state.is_main_process:
-        found = sum(store.has(s) for s in shards)
-        print(f"{desc}: resuming from {store.path}: {found} of {len(shards)} shards done",
-              file=sys.stderr, flush=True)  # fmt: skip
+    if store is not None:
+        # The main process creates (or checks) the folder first; the others then only check
+        # it, so no rank can find it half-made.
+        if state.is_main_process and store.open():
+            found = sum(store.has(s) for s in shards)
+            print(f"{desc}: resuming from {store.path}: {found} of {len(shards)} shards done",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        if world > 1:
+            state.wait_for_everyone()
+            if not state.is_main_process:
+                store.open()
     todo = [s.index for s in shards if store is None or not store.has(s)]
     mine = [i for i in todo if i % world == rank]
     done: dict[int, list[Generation]] = {}
