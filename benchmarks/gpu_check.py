@@ -201,17 +201,21 @@ def resume(out: Path, device: str, engine: str) -> dict[str, Any]:
     marker = out / "first-shard-saved"
     marker.unlink(missing_ok=True)
     cmd = [sys.executable, "-c", _STALL_AFTER_SHARD_0, str(STAGES / "pairs.py")]
-    proc = subprocess.Popen([*cmd, *map(str, _pairs_args(out, killed, p)), str(marker)])
+    # Its own process group: the kill takes vLLM's engine process with it (an engine whose
+    # parent was killed alone would keep its GPU memory).
+    proc = subprocess.Popen(
+        [*cmd, *map(str, _pairs_args(out, killed, p)), str(marker)], start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 300
         while not marker.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the stage ended or stalled before its first shard")
             time.sleep(0.1)
-        os.kill(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     shards = sorted(p.name for p in (killed / ".shards" / "pairs").glob("shard-*.json"))
     t0 = time.perf_counter()

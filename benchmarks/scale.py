@@ -73,7 +73,8 @@ def _embeddings(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Unit rows, and the rows that are noisy copies (cosine ≈ 0.99) of an earlier row (2 %)."""
     rng = np.random.default_rng(1)
     emb = rng.standard_normal((n, DIM), dtype=np.float32)
-    copies = rng.choice(np.arange(1, n), n // 50, replace=False)
+    # In row order: a copy's source is never overwritten by a later plant.
+    copies = np.sort(rng.choice(np.arange(1, n), n // 50, replace=False))
     for i in copies:
         emb[i] = emb[int(rng.integers(0, i))] + 0.1 * rng.standard_normal(DIM, dtype=np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)

@@ -9,7 +9,7 @@ import typer
 
 from icon2.core.io import write_json
 from icon2.core.launch import cli_options, relaunch_generation
-from icon2.core.processes import is_main_process
+from icon2.core.processes import process_state
 from icon2.core.provenance import provenance
 from icon2.core.tables import PAIR_SCHEMA, read_kept, write_table
 from icon2.engines.metered import write_cost
@@ -49,17 +49,17 @@ def main(
     meta = provenance("pairs", p, {"directions": directions, "kept": kept}, card)
     # Finished shards wait here until the outputs are written: a killed run resumes. Another
     # run's shards are refused now, before any launch.
-    key = shard_key(meta)
+    key = shard_key(meta, "pairs")
     store = ShardStore(shard_dir_for(out), key, rows=table.height, size=p.pairs.shard_size)
     store.check()
     # With base.generation_accelerate_config set, this process only launches the ranks.
     relaunch_generation(p.base.generation_accelerate_config, Path(__file__), options)
+    process_state()  # joins the process group (and picks this rank's GPU) before loading
     model, tokenizer, card = load_model(model_dir, p)
-    pairs, counts, meter = steer_pairs(
-        p, model_dir, model, tokenizer, table, dfile, layers, store=store
-    )
-    if not is_main_process():
-        return  # every rank has the whole table; the main process writes it
+    made = steer_pairs(p, model_dir, model, tokenizer, table, dfile, layers, store=store)
+    if made is None:
+        return  # another process: its shards are in the folder; the main process writes
+    pairs, counts, meter = made
     write_table(out, pairs, PAIR_SCHEMA, meta)
     write_json(metrics, counts)
     write_cost(cost, [meter])

@@ -10,7 +10,7 @@ import typer
 from icon2.core.io import write_json
 from icon2.core.launch import cli_options, relaunch_generation
 from icon2.core.params import load_params
-from icon2.core.processes import is_main_process
+from icon2.core.processes import process_state
 from icon2.core.prompts import read_instructions
 from icon2.core.provenance import provenance
 from icon2.core.tables import INSTRUCTION_SCHEMA, write_table
@@ -41,11 +41,14 @@ def main(
     record = provenance("synthesize", p, inputs, read_card(model_dir))
     # Finished shards of samples wait here until the outputs are written: a killed run
     # resumes. Another run's shards are refused now, before any launch.
-    store = ShardStore(shard_dir_for(out), shard_key(record), rows=cfg.count, size=cfg.shard_size)
+    store = ShardStore(
+        shard_dir_for(out), shard_key(record, "synthesize"), rows=cfg.count, size=cfg.shard_size
+    )
     if external is None:
         store.check()
         # With base.generation_accelerate_config set, this process only launches the ranks.
         relaunch_generation(p.base.generation_accelerate_config, Path(__file__), options)
+        process_state()  # joins the process group (and picks this rank's GPU) before loading
     # The embedder is loaded before generating, so a broken install is reported at once.
     device = str(pick_device(p.base.device))  # a GPU run embeds on the GPU too
     embed = minilm_embedder(device=device) if cfg.near_dup_threshold is not None else None
@@ -54,8 +57,8 @@ def main(
         p, model_dir, model, tokenizer, external, embed=embed, seed=seed, target=out,
         store=None if external is not None else store,
     )  # fmt: skip
-    if not is_main_process():
-        return  # every rank has the whole table; the main process writes it
+    if result is None:
+        return  # another process: its shards are in the folder; the main process writes
     meta = {**record, "pre_query_template": result.template}
     write_table(out, result.kept, INSTRUCTION_SCHEMA, meta)
     write_json(metrics, result.metrics)

@@ -386,15 +386,9 @@ def test_pairs_on_two_processes_write_one_process_bytes(
     assert r.exit_code == 0, r.output
     ranks = capfd.readouterr().err  # the launched processes write to the real stderr
     assert "(process 0 of 2)" in ranks and "(process 1 of 2)" in ranks, ranks[-2000:]
-    assert (two / "pairs.json").read_bytes() == (one / "pairs.json").read_bytes()
-    assert pl.read_parquet(two / "pairs.parquet").equals(pl.read_parquet(one / "pairs.parquet"))
-    # The provenance says how it was spread; everything else in it is the same.
-    meta = {d: read_provenance(d / "pairs.parquet") for d in (one, two)}
-    key = "base.generation_accelerate_config"
-    assert (meta[one]["params"][key], meta[two]["params"][key]) == (None, str(config))
-    for m in meta.values():
-        m["params"].pop(key)
-    assert meta[one] == meta[two]
+    # The same bytes: no stage depends on how many processes generated.
+    for name in ("pairs.parquet", "pairs.json"):
+        assert (two / name).read_bytes() == (one / name).read_bytes(), name
     assert not (two / ".shards").exists()
 
 

@@ -21,6 +21,7 @@ from icon2.steps.shards import (
     plan_shards,
     run_shards,
     shard_dir_for,
+    shard_key,
     shard_sampling,
 )
 from icon2.steps.synthesis import synthesize
@@ -144,8 +145,9 @@ def test_a_shard_with_the_wrong_number_of_generations_is_refused(tmp_path: Path)
     def work(shard: Shard) -> list[Generation]:
         return backend.generate(["x"] * (shard.rows + 1), Sampling())
 
-    with pytest.raises(InputError, match="shard 0 holds 4 generations, expected 3"):
-        run_shards(plan_shards(7, 3), work, store=None)
+    with pytest.raises(RuntimeError, match="shard 0 made 4 generations, expected 3"):
+        run_shards(plan_shards(7, 3), work, store=_store(tmp_path))
+    assert not list((tmp_path / "shards").glob("shard-*.json"))  # a bad shard is never kept
 
 
 def test_remove_deletes_only_what_the_store_wrote(tmp_path: Path) -> None:
@@ -174,3 +176,30 @@ def test_synthesis_in_shards_resumes_to_the_same_table(tmp_path: Path) -> None:
     assert resumed.equals(first) and resumed.equals(whole)
     # One shard: the seeds (and so the samples) of a run without shards.
     assert synthesize(SeedEcho(), "PRE", 7, Sampling(seed=5))["seed"].to_list() == [5] * 7
+
+
+def test_the_key_holds_the_code_and_drops_settings_applied_after_generation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from icon2.steps import shards
+
+    record = {
+        "stage": "synthesize",
+        "params": {"base.seed": 0, "synthesize": {"count": 8, "min_chars": 12, "max_chars": 40}},
+    }
+    key = shard_key(record, "synthesize")
+    assert key["params"]["synthesize"] == {"count": 8}  # cleaning rules: not the samples'
+    assert set(key["code"]) == {"icon2_sources", "torch", "transformers", "vllm"}
+    looser = {**record, "params": {**record["params"], "synthesize": {"count": 8, "min_chars": 1}}}
+    assert shard_key(looser, "synthesize") == key
+    more = {**record, "params": {**record["params"], "synthesize": {"count": 9}}}
+    assert shard_key(more, "synthesize") != key
+    monkeypatch.setattr(shards, "code_fingerprint", lambda: {"icon2_sources": "other"})
+    assert shard_key(record, "synthesize") != key  # other code: its shards are not mixed in
+
+
+def test_a_killed_first_manifest_write_is_not_a_foreign_folder(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.path.mkdir(parents=True)
+    (store.path / ".manifest.json.tmp-123-abcd").write_text("{")
+    assert store.open() == 0 and (store.path / "manifest.json").is_file()

@@ -206,9 +206,30 @@ def _salt(layer_vectors: Mapping[int, list[float]]) -> str:
     return hashlib.sha256(blob).hexdigest()[:32]
 
 
+def _rank_devices(tensor_parallel: int) -> None:
+    """Under ``accelerate launch`` with several processes on a machine, each process's engine
+    sees only its own GPUs (``tensor_parallel`` of them, the process's slice of what is
+    visible), so that the engines do not all start on GPU 0."""
+    local, count = os.environ.get("LOCAL_RANK"), int(os.environ.get("LOCAL_WORLD_SIZE") or 1)
+    if local is None or count <= 1 or not torch.cuda.is_available():
+        return
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+    rank = int(local)
+    mine = ids[rank * tensor_parallel : (rank + 1) * tensor_parallel]
+    if len(mine) < tensor_parallel:
+        raise ModelError(
+            f"process {rank} of {count} on this machine needs {tensor_parallel} GPU(s) "
+            f"(vllm.tensor_parallel_size) but {len(ids)} are visible: lower num_processes "
+            f"in base.generation_accelerate_config or the tensor-parallel size"
+        )
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
+
+
 def _engine_environment(s: VLLMParams) -> None:
     """What the engine's processes inherit; set before vLLM reads its environment."""
     os.environ[ENV_FLAG] = "1"
+    _rank_devices(s.tensor_parallel_size)
     # vLLM's compile-cache key does not see the plugin: a graph cached by a plain vLLM run
     # on the same model has no steering add in it. Steered graphs get their own cache.
     root = os.environ.get("VLLM_CACHE_ROOT") or str(

@@ -41,7 +41,7 @@ def generate_pairs(
     shard_size: int | None = None,
     store: ShardStore | None = None,
     meter: Meter | None = None,
-) -> tuple[pl.DataFrame, dict[str, int]]:
+) -> tuple[pl.DataFrame, dict[str, int]] | None:
     """Steer, generate, and drop pairs that carry no signal.
 
     Args:
@@ -55,7 +55,7 @@ def generate_pairs(
     Returns:
         (pairs with ``PAIR_SCHEMA`` — prompt/chosen/rejected as chat-message lists, TRL's
         conversational preference format — and counts: instructions, each drop reason,
-        pairs).
+        pairs); None on a process other than the main one (:func:`run_shards`).
     """
     rows = kept.to_dicts()
     prompts = [render_prompt(tokenizer, r["instruction"], system) for r in rows]
@@ -74,13 +74,12 @@ def generate_pairs(
         return backend.generate(prompts[part] * 2, shard_sampled, vectors=vectors, desc="pairs")
 
     shards = plan_shards(n, shard_size or max(n, 1))
+    results = run_shards(shards, work, store=store, meter=meter, per_row=2, desc="pairs")
+    if results is None:
+        return None
     chosen: list[Generation] = []
     rejected: list[Generation] = []
-    for shard, gens in zip(
-        shards,
-        run_shards(shards, work, store=store, meter=meter, per_row=2, desc="pairs"),
-        strict=True,
-    ):
+    for shard, gens in zip(shards, results, strict=True):
         chosen += gens[: shard.rows]
         rejected += gens[shard.rows :]
     counts = dict.fromkeys(DROP_REASONS, 0)
@@ -131,13 +130,14 @@ def steer_pairs(
     dfile: DirectionFile,
     layers: list[int],
     store: ShardStore | None = None,
-) -> tuple[pl.DataFrame, dict[str, int], Meter]:
+) -> tuple[pl.DataFrame, dict[str, int], Meter] | None:
     """The ``pairs`` stage's work: :func:`generate_pairs` with the ``pairs`` section's γ,
     decoding settings and shard size, on the engine ``base.engine`` names, metered as
     ICON²'s response generation (cost, A8); finished shards go to ``store``.
 
     Returns:
-        (pairs with ``PAIR_SCHEMA``, counts, the meter).
+        (pairs with ``PAIR_SCHEMA``, counts, the meter); None on a process other than the
+        main one.
     """
     cfg = p.pairs
     sampling = Sampling(
@@ -150,7 +150,7 @@ def steer_pairs(
     meter = stage_meter("pairs", "icon2", "response generation", p.base.device, engine_devices(p))
     engine = open_backend(p, model_dir, model, tokenizer, batch_size=cfg.batch_size, steering=True)
     with engine as backend:
-        pairs, counts = generate_pairs(
+        made = generate_pairs(
             MeteredBackend(backend, meter, tokenizer),
             tokenizer,
             kept,
@@ -165,4 +165,4 @@ def steer_pairs(
             store=store,
             meter=meter,
         )
-    return pairs, counts, meter
+    return None if made is None else (*made, meter)

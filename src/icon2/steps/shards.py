@@ -38,7 +38,6 @@ from typing import Any
 from icon2.core.cost import Meter
 from icon2.core.errors import InputError
 from icon2.core.io import sha256_json, write_json
-from icon2.core.params.stage_keys import GENERATION
 from icon2.core.processes import process_state
 from icon2.engines.base import Generation, Sampling
 
@@ -74,11 +73,45 @@ def shard_sampling(sampling: Sampling, shard: Shard) -> Sampling:
     return dataclasses.replace(sampling, seed=sampling.seed + shard.index * SEED_STRIDE)
 
 
-def shard_key(record: dict[str, Any]) -> dict[str, Any]:
-    """What a stage's shards depend on: its provenance record without the process count
-    (``base.generation_accelerate_config``), so a run resumes on any number of processes."""
-    params = {k: v for k, v in record.get("params", {}).items() if k != GENERATION}
-    return {**record, "params": params}
+#: Settings applied after generation (synthesize's cleaning): not part of a shard's key, so
+#: a rerun with other cleaning rules still resumes the samples.
+AFTER_GENERATION = {
+    "synthesize": ("min_chars", "max_chars", "near_dup_threshold", "near_dup_exact_max")
+}
+
+
+def code_fingerprint() -> dict[str, str]:
+    """The SHA-256 of icon2's own source files and the versions of the libraries that
+    decode: shards of other code are never mixed in."""
+    import hashlib
+    import importlib.metadata
+
+    import icon2
+
+    root = Path(icon2.__file__).parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(path.read_bytes())
+    found = {"icon2_sources": h.hexdigest()}
+    for lib in ("torch", "transformers", "vllm"):
+        try:
+            found[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            found[lib] = "-"
+    return found
+
+
+def shard_key(record: dict[str, Any], stage: str) -> dict[str, Any]:
+    """What a stage's shards depend on: its provenance record (params, precisions, input and
+    weight hashes) less the settings applied after generation, plus :func:`code_fingerprint`."""
+    params = dict(record.get("params", {}))
+    section = params.get(stage)
+    if isinstance(section, dict):
+        params[stage] = {
+            k: v for k, v in section.items() if k not in AFTER_GENERATION.get(stage, ())
+        }
+    return {**record, "params": params, "code": code_fingerprint()}
 
 
 def shard_dir_for(out: Path) -> Path:
@@ -119,7 +152,8 @@ class ShardStore:
         if not self.path.exists():
             return 0
         if not manifest.is_file():
-            if any(self.path.iterdir()):
+            # A killed first write of the manifest leaves only its hidden temporary.
+            if any(not p.name.startswith(".") for p in self.path.iterdir()):
                 raise InputError(
                     f"{self.path}: a shard directory without {MANIFEST}; it is not this "
                     f"stage's: move it away, then rerun"
@@ -222,6 +256,16 @@ def _add(meter: Meter | None, cost: dict[str, float]) -> None:
         meter.tokens_read += int(cost["tokens_read"])
 
 
+def _wait_for(ready: Callable[[], bool], what: str, timeout: float = 7 * 24 * 3600) -> None:
+    """Poll the shared folder (no process-group barrier: an uneven share of shards can keep
+    the other processes waiting longer than a GPU collective's timeout)."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise InputError(f"gave up waiting for {what}")
+        time.sleep(1.0)
+
+
 def run_shards(
     shards: Sequence[Shard],
     work: Callable[[Shard], list[Generation]],
@@ -230,7 +274,7 @@ def run_shards(
     meter: Meter | None = None,
     per_row: int = 1,
     desc: str = "shards",
-) -> list[list[Generation]]:
+) -> list[list[Generation]] | None:
     """``work`` for every shard, in order; complete shards in ``store`` are read, not redone.
 
     ``work`` returns ``per_row`` generations per row of its shard. ``meter`` is the meter
@@ -238,24 +282,28 @@ def run_shards(
     share is added back, so the meter ends with the whole job's cost (with several
     processes: every process's). With ``store`` None every shard is worked and nothing is
     kept (one process only).
+
+    Returns:
+        Every shard's generations, in order; None on a process other than the main one,
+        once its own shards are saved (the main process waits for them in the folder).
     """
     state = process_state()
     rank, world = state.process_index, state.num_processes
     if store is None and world > 1:
         raise ValueError(f"{desc}: {world} processes need a shard store to meet in")
     if store is not None:
-        # The main process creates (or checks) the folder first; the others then only check
-        # it, so no rank can find it half-made.
-        if state.is_main_process and store.open():
-            found = sum(store.has(s) for s in shards)
-            print(f"{desc}: resuming from {store.path}: {found} of {len(shards)} shards done",
-                  file=sys.stderr, flush=True)  # fmt: skip
-        if world > 1:
-            state.wait_for_everyone()
-            if not state.is_main_process:
-                store.open()
-    todo = [s.index for s in shards if store is None or not store.has(s)]
-    mine = [i for i in todo if i % world == rank]
+        # The main process creates (or checks) the folder; the others wait for its manifest
+        # and then only check it, so no process can find it half-made.
+        if state.is_main_process:
+            if store.open():
+                found = sum(store.has(s) for s in shards)
+                print(f"{desc}: resuming from {store.path}: {found} of {len(shards)} shards "
+                      f"done", file=sys.stderr, flush=True)  # fmt: skip
+        else:
+            _wait_for(lambda: (store.path / MANIFEST).is_file(), f"{store.path}/{MANIFEST}")
+            store.check()
+    # A shard finished by another process meanwhile is never this one's: `index % world`.
+    mine = [s.index for s in shards if s.index % world == rank and not (store and store.has(s))]
     done: dict[int, list[Generation]] = {}
     started = time.perf_counter()
     for shard in shards:
@@ -263,6 +311,11 @@ def run_shards(
             continue
         before = _cost(meter)
         gens = work(shard)
+        if len(gens) != shard.rows * per_row:  # never saved: a bad shard is not kept
+            raise RuntimeError(
+                f"{desc}: shard {shard.index} made {len(gens)} generations, expected "
+                f"{shard.rows * per_row}"
+            )
         if store is not None:
             after = _cost(meter)
             store.save(shard, gens, {k: after[k] - before[k] for k in after})
@@ -274,8 +327,10 @@ def run_shards(
                   f"{f' (process {rank} of {world})' if world > 1 else ''}, "
                   f"{len(mine) - worked} to go, ~{eta / 60:.1f} min left",
                   file=sys.stderr, flush=True)  # fmt: skip
-    if world > 1:
-        state.wait_for_everyone()  # every shard is on disk now
+    if not state.is_main_process:
+        return None
+    if store is not None and world > 1:
+        _wait_for(lambda: all(store.has(s) for s in shards), f"every shard in {store.path}")
     out: list[list[Generation]] = []
     for shard in shards:
         if shard.index in done:
@@ -289,8 +344,9 @@ def run_shards(
             _add(meter, cost)
         if len(gens) != shard.rows * per_row:
             raise InputError(
-                f"{desc}: shard {shard.index} holds {len(gens)} generations, expected "
-                f"{shard.rows * per_row}"
+                f"{desc}: shard {shard.index} in {store.path if store else '-'} holds "
+                f"{len(gens)} generations, expected {shard.rows * per_row}; remove it to "
+                f"redo it"
             )
         out.append(gens)
     return out

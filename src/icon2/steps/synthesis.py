@@ -38,7 +38,7 @@ def synthesize(
     shard_size: int | None = None,
     store: ShardStore | None = None,
     meter: Meter | None = None,
-) -> pl.DataFrame:
+) -> pl.DataFrame | None:
     """Sample ``count`` user turns from ``pre_query``, ``shard_size`` at a time (None: all
     at once), keeping finished shards in ``store`` to resume from (:mod:`icon2.steps.shards`;
     ``meter`` is the one ``backend`` adds to).
@@ -46,7 +46,8 @@ def synthesize(
     Returns a frame with ``RAW_SCHEMA`` columns: text, finish_reason ("stop" when the
     end-of-turn token was produced, "length" when ``max_new_tokens`` ran out), token_count,
     seed (the shard's). With ``stop_at_newline`` (Magpie's early stopping) a text is cut at
-    its first newline and counts as stopped there.
+    its first newline and counts as stopped there. None on a process other than the main
+    one (:func:`~icon2.steps.shards.run_shards`).
     """
 
     def work(shard: Shard) -> list[Generation]:
@@ -55,10 +56,11 @@ def synthesize(
         )
 
     shards = plan_shards(count, shard_size or count)
+    results = run_shards(shards, work, store=store, meter=meter, desc="synthesize")
+    if results is None:
+        return None
     gens, seeds = [], []
-    for shard, part in zip(
-        shards, run_shards(shards, work, store=store, meter=meter, desc="synthesize"), strict=True
-    ):
+    for shard, part in zip(shards, results, strict=True):
         gens += part
         seeds += [shard_sampling(sampling, shard).seed] * shard.rows
     texts, reasons = [], []
@@ -118,12 +120,16 @@ def make_instructions(
     seed: int,
     target: Path,
     store: ShardStore | None = None,
-) -> Synthesized:
+) -> Synthesized | None:
     """A2 with the ``synthesize`` section: ``external`` instructions when given, else
     ``synthesize.count`` user turns sampled (seeded with ``seed``) from the pre-query
     template, on the engine ``base.engine`` names, in shards of ``synthesize.shard_size``
     kept in ``store`` (a killed run resumes); then :func:`~icon2.steps.cleaning.clean` with
     ``embed`` for near-duplicates.
+
+    Returns:
+        The cleaned instructions and their counts; None on a process other than the main
+        one (it only generated its shards).
 
     Raises:
         InputError: the cleaning rules dropped every sample (naming the counts, the
@@ -135,6 +141,7 @@ def make_instructions(
         "synthesize", "shared", "response generation", p.base.device, engine_devices(p)
     )
     template = None
+    raw: pl.DataFrame | None
     if external is not None:
         raw = from_file(external)
     else:
@@ -156,6 +163,8 @@ def make_instructions(
                 store=store,
                 meter=meter,
             )
+        if raw is None:
+            return None
     kept, counts = clean(
         raw,
         min_chars=cfg.min_chars,

@@ -37,7 +37,8 @@ class BaseParams(_Section):
     engine: Literal["hf", "vllm"] = "hf"
     # An accelerate config (e.g. configs/accelerate/ddp.yaml): synthesize and pairs then run
     # on its processes (one per GPU; machines too), each generating every N-th shard; the
-    # outputs are the same bytes as one process's. null = one process.
+    # outputs are the same bytes as one process's, so no stage depends on this key (DVC
+    # does not rerun anything when it changes). null = one process.
     generation_accelerate_config: str | None = None
 
     @field_validator("model")
@@ -121,7 +122,7 @@ class SynthesizeParams(_Section):
     batch_size: int = Field(128, ge=1)
     # Samples per resumable shard (icon2.steps.shards): a killed run resumes from the last
     # finished shard; shard k samples with seed + k * 1000003.
-    shard_size: int = Field(4096, ge=1)
+    shard_size: int = Field(4096, ge=1, le=500_000)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)  # null = base.seed
     # null = derived from the model's chat template (cut before a sentinel user message).
     pre_query_template: str | None = None
@@ -182,7 +183,7 @@ class PairsParams(_Section):
     batch_size: int = Field(128, ge=1)
     # Instructions per resumable shard (icon2.steps.shards): a killed run resumes from the
     # last finished shard; each shard is decoded (and its steering vectors built) on its own.
-    shard_size: int = Field(1024, ge=1)
+    shard_size: int = Field(1024, ge=1, le=250_000)
 
     @model_validator(mode="after")
     def _check_signs(self) -> PairsParams:

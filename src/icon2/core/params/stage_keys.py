@@ -22,8 +22,8 @@ _SCORER = ("baselines.reward_model", "baselines.judge", "baselines.batch_size")
 _RUNTIME = ("base.seed", "base.dtype", "base.device")
 # What the generating stages' text comes from (the engine and its numerics).
 _ENGINE = ("base.engine", "hf.dtype", "vllm.dtype")
-# How many processes generate (not what they generate: the bytes are the same).
-GENERATION = "base.generation_accelerate_config"
+# Not a dependency of any stage: base.generation_accelerate_config decides how many
+# processes generate, not what they write (the bytes are one process's).
 _SPA_SHARED = tuple(
     f"spa.{k}"
     for k in (
@@ -43,10 +43,10 @@ _SPA_SHARED = tuple(
 STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "model": ("base.model", "base.revision", "base.dtype", "base.trust_remote_code"),
     "directions": (*_RUNTIME, "directions"),
-    "synthesize": (*_RUNTIME, *_ENGINE, GENERATION, "synthesize"),
+    "synthesize": (*_RUNTIME, *_ENGINE, "synthesize"),
     "score": (*_RUNTIME, "score"),
     "filter": ("base.seed", "filter"),
-    "pairs": (*_RUNTIME, *_ENGINE, GENERATION, "base.system_prompt", "pairs"),
+    "pairs": (*_RUNTIME, *_ENGINE, "base.system_prompt", "pairs"),
     "train": (*_RUNTIME, "train"),
     "evaluate": (*_RUNTIME, *_ENGINE, "base.system_prompt", "pairs.layers", "evaluate"),
     "benchmark": (*_RUNTIME, "base.system_prompt", "train.beta", "benchmark"),
