@@ -258,7 +258,7 @@ def fsdp(out: Path, device: str, engine: str) -> dict[str, Any]:
         "--out", target / "model", "--metrics", target / "train.json",
         "--live", target / "live", "--params", p,
     )  # fmt: skip
-    metrics = json.loads((target / "train.json").read_text())
+    metrics = json.loads((target / "model" / "icon2_model.json").read_text())["run"]
     before = load_file(d / "model" / "model.safetensors")
     after = load_file(target / "model" / "model.safetensors")
     moved = sum(not bool((after[k].float() == before[k].float()).all()) for k in before)

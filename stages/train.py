@@ -14,7 +14,13 @@ from icon2.core.tables import read_pairs
 from icon2.stage import load_model, open_stage, user_errors
 from icon2.train.data import check_tokenizer, to_datasets
 from icon2.train.distributed import cli_options, relaunch
-from icon2.train.run import POLICY_DTYPE, needs_reference, train_and_gather, train_metrics
+from icon2.train.run import (
+    POLICY_DTYPE,
+    needs_reference,
+    run_record,
+    train_and_gather,
+    train_metrics,
+)
 
 
 @user_errors
@@ -50,7 +56,8 @@ def main(
     if done is None:
         return  # only the main process writes outputs
     meta = provenance("train", p, {"pairs": pairs, "model": model_dir}, card)
-    extra = {"pairs_sha256": sha256_file(pairs), "provenance": meta}
+    run = run_record(done.result)  # how it was spread (and peak GPU memory on CUDA)
+    extra = {"pairs_sha256": sha256_file(pairs), "provenance": meta, "run": run}
     done.save(out, parent=card, name=f"{card['name']}+{tp.loss}", extra=extra)
     write_json(metrics, train_metrics(done.result, train_ds, eval_ds))
     typer.echo(f"train ({tp.loss}): {len(train_ds)} pairs, {done.result.steps} steps -> {out}")

@@ -249,9 +249,13 @@ def test_two_process_ddp_matches_one_process(
         one_flags, ddp_flags = (f["flagged_fraction"].to_list() for f in flagged)
         assert one_flags == ddp_flags and one_flags[1:] == [0.5, 0.5, 0.5]
     assert ddp_metrics["optimizer_steps"] == one_metrics["optimizer_steps"] == 4
-    # How each run was spread, as train.json records it (gloo DDP is MULTI_CPU).
-    assert (one_metrics["distributed_type"], one_metrics["processes"]) == ("NO", 1)
-    assert (ddp_metrics["distributed_type"], ddp_metrics["processes"]) == ("MULTI_CPU", 2)
+    # How each run was spread, as its checkpoint's card records it (gloo DDP is MULTI_CPU).
+    for name, spread in (
+        ("one", {"distributed_type": "NO", "processes": 1}),
+        ("ddp", {"distributed_type": "MULTI_CPU", "processes": 2}),
+    ):
+        card = json.loads((tmp_path / name / "ckpt" / "icon2_model.json").read_text())
+        assert card["run"] == spread, name
     # Only rank 0 wrote, and it wrote a whole checkpoint.
     assert (tmp_path / "ddp" / "ckpt" / "model.safetensors").is_file()
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["ckpt", "live", "train.json"]

@@ -208,21 +208,26 @@ def curve_metrics(result: TrainResult) -> dict[str, Any]:
 def train_metrics(
     result: TrainResult, train_dataset: datasets.Dataset, eval_dataset: datasets.Dataset | None
 ) -> dict[str, Any]:
-    """The ``train`` stage's metrics: pair counts, optimizer steps, training time (s), how it
-    was spread (accelerate's distributed type — NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED —
-    and the process count), on CUDA the peak GPU memory, and :func:`curve_metrics`."""
-    accelerator = result.trainer.accelerator
-    # On CUDA, this process's peak of allocated GPU memory (what stages/memory.py plans).
-    gpu = {}
-    if torch.cuda.is_available():
-        gpu["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    """The ``train`` stage's metrics: pair counts, optimizer steps, training time (s) and
+    :func:`curve_metrics`."""
     return {
         "train_pairs": len(train_dataset),
         "validation_pairs": 0 if eval_dataset is None else len(eval_dataset),
         "optimizer_steps": result.steps,
         "train_seconds": round(result.seconds, 2),
-        "distributed_type": str(accelerator.distributed_type.value),
-        "processes": int(accelerator.num_processes),
-        **gpu,
         **curve_metrics(result),
     }
+
+
+def run_record(result: TrainResult) -> dict[str, Any]:
+    """How a run was spread, for its checkpoint's card: accelerate's distributed type (NO,
+    MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED), the process count and, on CUDA, this process's
+    peak of allocated GPU memory in GiB (what ``stages/memory.py`` plans)."""
+    accelerator = result.trainer.accelerator
+    record: dict[str, Any] = {
+        "distributed_type": str(accelerator.distributed_type.value),
+        "processes": int(accelerator.num_processes),
+    }
+    if torch.cuda.is_available():
+        record["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return record
