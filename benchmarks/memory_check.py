@@ -2,13 +2,13 @@
 
     python benchmarks/memory_check.py --model data/model --batch 2 --max-length 256
 
-Runs the ``train`` stage for a few steps on ``--model`` with random-text pairs of exactly
-``--max-length`` tokens (the planner's padding worst case) and records, inside that process,
-its resident memory just before the first model is loaded and its peak (``VmHWM``) at the
-end: the difference is what the models, gradients, optimizer and activations took. Then
-asks ``stages/memory.py`` for the same settings (one process, fp32, no sharding) and prints
-both, term by term, without the planner's fixed GPU overhead (a CUDA context has no CPU
-counterpart). One JSON object; never asserted in tests.
+Runs the ``train`` stage for a few steps on ``--model`` with pairs whose answers run past
+``--max-length`` tokens (cut there: the planner's padding worst case) and records, inside
+that process, its resident memory just before the first model is loaded and its peak
+(``VmHWM``) at the end: the difference is what the models, gradients, optimizer and
+activations took. Then asks ``stages/memory.py`` for the same settings (one process, fp32,
+no sharding) and prints both, term by term, without the planner's fixed GPU overhead (a
+CUDA context has no CPU counterpart). One JSON object; never asserted in tests.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _pairs(path: Path, n: int, words: int) -> None:
             "id": f"{i:04d}",
             "split": "train",
             "criterion": "general",
-            "prompt": [{"role": "user", "content": f"Question {i}: {filler}"}],
+            "prompt": [{"role": "user", "content": f"Question {i}?"}],
             "chosen": [{"role": "assistant", "content": f"Yes {filler}"}],
             "rejected": [{"role": "assistant", "content": f"No {filler}"}],
             "gamma_pos": 0.1,
@@ -111,7 +111,9 @@ def main(
         command += ["--model-dir", str(model), "--pairs", str(pairs), "--out", str(work / "m")]
         command += ["--metrics", str(work / "t.json"), "--live", str(work / "live")]
         command += ["--params", str(p), str(probe)]
-        subprocess.run(command, check=True, capture_output=True)
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"error: the train run failed: {done.stderr[-1500:]}")
         seen = json.loads(probe.read_text())
         planner = [sys.executable, str(REPO / "stages/memory.py"), "--model", str(model)]
         plan = subprocess.run(
