@@ -27,13 +27,13 @@ import typer
 from icon2.core.layers import middle_third
 from icon2.core.precision import machine, resolve_dtype
 from icon2.core.prompts import read_instructions
-from icon2.engines.base import Sampling
+from icon2.engines.base import Sampling, Steering
 from icon2.engines.hf import HFBackend
 from icon2.model.chat import end_of_turn_ids, pre_query_template, render_prompt
 from icon2.model.loading import load_local
 from icon2.model.states import last_token_states
 from icon2.steps import direction_file
-from icon2.steps.direction_file import steering_vectors
+from icon2.steps.direction_file import steering_groups
 
 app = typer.Typer(add_completion=False, help=__doc__)
 ModelDir = Annotated[Path, typer.Option(help="Output of the model stage.")]
@@ -53,14 +53,14 @@ def _timed(fn: Any, repeats: int) -> float:
 
 def _steered_prompts(
     model_dir: Path, directions: Path, features: Path, prompts: int
-) -> tuple[Any, Any, list[str], dict[int, torch.Tensor]]:
+) -> tuple[Any, Any, list[str], Steering]:
     """The model, its tokenizer, `prompts` rendered feature prompts and their steering
-    vectors as `pairs` builds them (general direction, γ = 0.1, the middle third)."""
+    groups as `pairs` builds them (general direction, γ = 0.1, the middle third)."""
     model, tok, card = load_local(model_dir)
     dfile = direction_file.load_directions(directions)
     texts = [render_prompt(tok, q) for q in read_instructions(features)[:prompts]]
     layers = middle_third(card["num_layers"])
-    vecs = steering_vectors(
+    vecs = steering_groups(
         dfile, ["general"] * len(texts), [0.1] * len(texts), layers, "contrastive_norm"
     )
     return model, tok, texts, vecs

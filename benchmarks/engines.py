@@ -29,13 +29,13 @@ from icon2.core.layers import middle_third
 from icon2.core.params import VLLMParams
 from icon2.core.precision import compute_device, machine, resolve_dtype
 from icon2.core.prompts import read_instructions
-from icon2.engines.base import Backend, Sampling
+from icon2.engines.base import Backend, Sampling, SteeringInput
 from icon2.engines.hf import HFBackend
 from icon2.engines.vllm import VLLMBackend
 from icon2.model.chat import end_of_turn_ids, render_prompt
 from icon2.model.loading import load_local
 from icon2.steps import direction_file
-from icon2.steps.direction_file import steering_vectors
+from icon2.steps.direction_file import steering_groups
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 
@@ -75,13 +75,13 @@ def main(
     if random_direction:
         g = torch.Generator().manual_seed(0)
         unit = torch.nn.functional.normalize(torch.randn(card["hidden_size"], generator=g), dim=0)
-        vecs = {layer: (gamma * 6.0 * unit).expand(prompts, -1) for layer in layers}
+        vecs: SteeringInput = {layer: (gamma * 6.0 * unit).expand(prompts, -1) for layer in layers}
     else:
         dfile = direction_file.load_directions(directions)
         names = sorted(dfile.criteria) if mixed else ["general"]
         crit = [names[i % len(names)] for i in range(prompts)]
         signs = [1.0 if not mixed or (i // len(names)) % 2 == 0 else -1.0 for i in range(prompts)]
-        vecs = steering_vectors(dfile, crit, [gamma * s for s in signs], layers, "contrastive_norm")
+        vecs = steering_groups(dfile, crit, [gamma * s for s in signs], layers, "contrastive_norm")
     t0 = time.perf_counter()
     engines: dict[str, Backend] = {
         "hf": HFBackend(model, tok, stop_ids=stops, batch_size=hf_batch_size),

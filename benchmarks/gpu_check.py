@@ -129,7 +129,7 @@ def equal(out: Path, device: str, engine: str) -> dict[str, Any]:
     from icon2.engines.vllm import VLLMBackend
     from icon2.model.chat import end_of_turn_ids, render_prompt
     from icon2.model.loading import load_local
-    from icon2.steps.direction_file import load_directions, steering_vectors
+    from icon2.steps.direction_file import load_directions, steering_groups
 
     d = out / "data"
     dfile = load_directions(d / "directions.safetensors")
@@ -141,7 +141,7 @@ def equal(out: Path, device: str, engine: str) -> dict[str, Any]:
     for dtype in ("float32", "bfloat16"):
         model, tok, card = load_local(d / "model", dtype=dtype, device=device)
         layers = list(range(card["num_layers"] // 3, 2 * card["num_layers"] // 3 + 1))
-        vectors = steering_vectors(dfile, crit, gammas, layers, "contrastive_norm")
+        vectors = steering_groups(dfile, crit, gammas, layers, "contrastive_norm")
         texts = [render_prompt(tok, q) for q in read_instructions(REPO / "data/features.jsonl")]
         prompts = texts[:n]
         stops = end_of_turn_ids(tok)

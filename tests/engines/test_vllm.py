@@ -85,6 +85,26 @@ def test_steered_mixed_signs_and_criteria_equal_hf(engines: Any, prompts: list[s
     assert _agree(steered, plain) <= 0.5  # the vectors do change the output
 
 
+def test_steering_groups_equal_hf_and_go_to_the_tables_as_they_are(
+    engines: Any, prompts: list[str]
+) -> None:
+    """Group ids, not per-row vectors: the tables get the request's groups; HF's tokens."""
+    from icon2.engines.base import Steering
+
+    vllm, hf = engines
+    n = len(prompts)
+    dense = _vectors(4, 64, [1.0, -1.0, 1.0, -1.0], [0, 0, 1, 1])
+    steering = Steering(dense, tuple(i % 4 for i in range(n)))
+    assert [len(m) for m, _ in vllm._groups(n, steering)] == [len(range(g, n, 4)) for g in range(4)]
+    assert (
+        _agree(
+            vllm.generate(prompts, GREEDY, vectors=steering),
+            hf.generate(prompts, GREEDY, vectors=steering),
+        )
+        >= 0.9
+    )
+
+
 def test_mixed_vectors_share_one_continuous_batch(
     engines: Any, prompts: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +10,12 @@ import torch
 
 from icon2.core.params import load_params
 from icon2.core.tables import PAIR_SCHEMA
-from icon2.engines.base import Generation, Sampling
+from icon2.engines.base import Generation, Sampling, Steering, SteeringInput, as_steering
 from icon2.steps.direction_file import (
     CriterionDirections,
     DirectionFile,
     layer_scale,
-    steering_vectors,
+    steering_groups,
 )
 from icon2.steps.pairs import generate_pairs, steer_pairs
 
@@ -40,21 +40,22 @@ class FakeBackend:
 
     def __init__(self, answers: dict[str, tuple[Generation, Generation]]) -> None:
         self.answers = answers
-        self.calls: list[tuple[list[str], dict[int, torch.Tensor]]] = []
+        self.calls: list[tuple[list[str], Steering]] = []
 
     def generate(
         self,
         prompts: Sequence[str],
         sampling: Sampling,
         *,
-        vectors: Mapping[int, torch.Tensor] | None = None,
+        vectors: SteeringInput | None = None,
         desc: str | None = None,
     ) -> list[Generation]:
-        assert vectors is not None
-        self.calls.append((list(prompts), dict(vectors)))
+        steering = as_steering(vectors, len(prompts))
+        assert steering is not None
+        self.calls.append((list(prompts), steering))
         out = []
         for i, p in enumerate(prompts):
-            sign = float(vectors[2][i].sum())
+            sign = float(steering.rows([i])[2].sum())
             out.append(self.answers[p][0 if sign > 0 else 1])
         return out
 
@@ -63,11 +64,17 @@ def _g(text: str, reason: str = "stop") -> Generation:
     return Generation(text, len(text.split()), reason)  # type: ignore[arg-type]
 
 
-def test_steering_vectors_scale_and_sign() -> None:
+def test_steering_groups_scale_and_sign() -> None:
     d = _dfile()
-    v = steering_vectors(d, ["honesty", "general"], [0.1, -0.05], [2, 3], "contrastive_norm")
+    criteria = ["honesty", "general", "honesty", "honesty", "general"]
+    gammas = [0.1, -0.05, 0.1, -0.05, -0.05]
+    s = steering_groups(d, criteria, gammas, [2, 3], "contrastive_norm")
+    # One group per (criterion, γ), in order of first appearance.
+    assert s.groups == (0, 1, 0, 2, 1) and s.size == 3
+    v = s.rows(range(5))
     torch.testing.assert_close(v[2][0, 0], torch.tensor(0.1 * 2.0))
     torch.testing.assert_close(v[3][1, 1], torch.tensor(-0.05 * 6.0))
+    torch.testing.assert_close(v[2][3, 0], torch.tensor(-0.05 * 2.0))  # honesty pushed down
     assert float(v[2][0, 1]) == 0.0 and float(v[2][1, 0]) == 0.0
     assert layer_scale(d, "honesty", 3, "hidden_norm") == 30.0
     assert layer_scale(d, "honesty", 3, "unit") == 1.0
@@ -155,11 +162,13 @@ def test_pairs_in_shards_equal_one_pass_and_build_vectors_per_shard(
         backend, tok, kept, _dfile(), shard_size=2, store=store, **settings
     )
     assert sharded.equals(whole) and counts["pairs"] == 5
-    # Each call holds one shard's two passes, and only its rows' steering vectors.
+    # Each call holds one shard's two passes, with one vector per (criterion, sign) group.
     assert [len(p) for p, _ in backend.calls] == [4, 4, 2]
-    assert [v[2].shape[0] for _, v in backend.calls] == [4, 4, 2]
-    assert [float(v[2][0].sum()) for _, v in backend.calls] == pytest.approx([0.1] * 3)
-    assert [float(v[2][-1].sum()) for _, v in backend.calls] == pytest.approx([-0.05] * 3)
+    assert [v.size for _, v in backend.calls] == [4, 4, 2]
+    assert [v.groups for _, v in backend.calls] == [(0, 1, 2, 3), (0, 1, 2, 3), (0, 1)]
+    firsts = [float(v.rows([0])[2].sum()) for _, v in backend.calls]
+    lasts = [float(v.rows([len(p) - 1])[2].sum()) for p, v in backend.calls]
+    assert firsts == pytest.approx([0.1] * 3) and lasts == pytest.approx([-0.05] * 3)
     # Rerun after a kill in the last shard: the finished shards are read, not regenerated.
     (store.path / "shard-000002.json").unlink()
     again = FakeBackend(prompts)
@@ -167,6 +176,45 @@ def test_pairs_in_shards_equal_one_pass_and_build_vectors_per_shard(
     resumed, _ = generate_pairs(again, tok, kept, _dfile(), shard_size=2, store=store, **settings)
     assert [p for p, _ in again.calls] == [[render_prompt(tok, "q4")] * 2]
     assert resumed.equals(whole)
+
+
+def test_the_steering_the_engine_gets_does_not_grow_with_the_instructions(
+    tiny_model: Any,
+) -> None:
+    """The vector path's memory: one [groups, d] table per layer, groups = criteria × signs."""
+    _, tok = tiny_model
+    from icon2.model.chat import render_prompt
+
+    sizes = {}
+    for n in (6, 600):
+        names = [f"q{i}" for i in range(n)]
+        kept = pl.DataFrame(
+            {
+                "id": names,
+                "instruction": names,
+                "criterion": ["honesty", "general"] * (n // 2),
+                "split": ["train"] * n,
+            }
+        )
+        script = {render_prompt(tok, k): (_g(f"{k} up."), _g(f"{k} down.")) for k in names}
+        backend = FakeBackend(script)
+        pairs, _ = generate_pairs(
+            backend,
+            tok,
+            kept,
+            _dfile(),
+            gamma_pos=0.1,
+            gamma_neg=-0.05,
+            layers=[2, 3],
+            scale="unit",
+            sampling=Sampling(),
+        )
+        assert pairs.height == n  # every row got its own sign (chosen "up", rejected "down")
+        assert pairs["chosen"].to_list()[-1][0]["content"] == f"q{n - 1} up."
+        ((prompts, steering),) = backend.calls
+        assert len(prompts) == 2 * n and len(steering.groups) == 2 * n
+        sizes[n] = {layer: tuple(t.shape) for layer, t in steering.table.items()}
+    assert sizes[6] == sizes[600] == {2: (4, 64), 3: (4, 64)}
 
 
 def test_system_prompt_is_used_for_generation_and_kept_in_the_prompt(tiny_model: Any) -> None:

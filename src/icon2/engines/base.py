@@ -1,8 +1,12 @@
 """The generation interface every engine implements (Hugging Face and vLLM).
 
-Stages talk to ``Backend`` only. Steering is part of the request: ``vectors`` maps a
-1-based layer to per-row vectors ``[len(prompts), d]`` added at every position while that
-batch is generated; an engine needs no knowledge of where the vectors came from.
+Stages talk to ``Backend`` only. Steering is part of the request, as a :class:`Steering`:
+a table of vectors per 1-based layer, one row per steering group (a criterion and a γ), and
+each prompt's group. The vectors are added at every position while that prompt is
+generated; an engine needs no knowledge of where they came from. A request's memory is
+groups × layers × d, whatever the number of prompts: an engine takes the rows of one batch
+at a time. A plain mapping of per-row vectors ``[len(prompts), d]`` is accepted too
+(:func:`as_steering` turns it into groups of identical rows).
 """
 
 from __future__ import annotations
@@ -53,14 +57,79 @@ def to_generation(
     return Generation(text, len(kept), reason)
 
 
+@dataclass(frozen=True)
+class Steering:
+    """Steering by group: ``table[layer]`` is [groups, d], one vector per group;
+    ``groups[i]`` is prompt i's group (a row of every table)."""
+
+    table: Mapping[int, torch.Tensor]
+    groups: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        sizes = {layer: t.shape[0] for layer, t in self.table.items()}
+        if len(set(sizes.values())) > 1 or any(t.dim() != 2 for t in self.table.values()):
+            raise ValueError(f"steering tables must be [groups, d] alike, got rows {sizes}")
+        count = self.size
+        bad = [g for g in self.groups if not 0 <= g < count]
+        if bad:
+            raise ValueError(f"steering groups {sorted(set(bad))[:5]} are outside 0..{count - 1}")
+
+    @property
+    def size(self) -> int:
+        """How many groups (rows of each table)."""
+        return next(iter(self.table.values())).shape[0] if self.table else 0
+
+    def rows(self, idx: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Per-layer [len(idx), d] vectors of prompts ``idx`` (one batch)."""
+        pick = torch.tensor([self.groups[i] for i in idx], dtype=torch.long)
+        return {layer: t[pick] for layer, t in self.table.items()}
+
+    def members(self) -> list[list[int]]:
+        """The prompts of each group, in prompt order."""
+        out: list[list[int]] = [[] for _ in range(self.size)]
+        for i, g in enumerate(self.groups):
+            out[g].append(i)
+        return out
+
+
+SteeringInput = Steering | Mapping[int, torch.Tensor]
+
+
+def as_steering(vectors: SteeringInput | None, n: int) -> Steering | None:
+    """``vectors`` as groups for ``n`` prompts; per-row vectors are grouped by identical rows
+    (in order of first appearance). None (or an empty mapping) is no steering."""
+    if vectors is None or (not isinstance(vectors, Steering) and not vectors):
+        return None
+    if isinstance(vectors, Steering):
+        if len(vectors.groups) != n:
+            raise ValueError(f"steering for {len(vectors.groups)} prompts, {n} prompts given")
+        return vectors
+    layers = sorted(vectors)
+    rows = {layer: vectors[layer].detach() for layer in layers}
+    for layer, v in rows.items():
+        if v.dim() != 2 or v.shape[0] != n:
+            raise ValueError(f"layer {layer}: vectors of shape {tuple(v.shape)}, {n} prompts")
+    keys: dict[bytes, int] = {}
+    groups: list[int] = []
+    firsts: list[int] = []
+    for i in range(n):
+        key = b"".join(rows[layer][i].float().cpu().numpy().tobytes() for layer in layers)
+        if key not in keys:
+            keys[key] = len(firsts)
+            firsts.append(i)
+        groups.append(keys[key])
+    pick = torch.tensor(firsts, dtype=torch.long)
+    return Steering({layer: rows[layer][pick] for layer in layers}, tuple(groups))
+
+
 class Backend(Protocol):
     def generate(
         self,
         prompts: Sequence[str],
         sampling: Sampling,
         *,
-        vectors: Mapping[int, torch.Tensor] | None = None,
+        vectors: SteeringInput | None = None,
         desc: str | None = None,
     ) -> list[Generation]:
-        """Continue each rendered prompt; ``vectors[layer]`` is [len(prompts), d]."""
+        """Continue each rendered prompt, steered by ``vectors`` (see the module)."""
         ...

@@ -1,14 +1,14 @@
 """Text generation behind a small backend interface (Hugging Face transformers today).
 
 Stages talk to ``Backend`` only, so a faster engine (vLLM) can be added without touching
-them. Steering is part of the request: ``vectors`` maps a 1-based layer to per-row
-vectors added at every position while that batch is generated.
+them. Steering is part of the request (:class:`~icon2.engines.base.Steering`): each batch
+takes its rows' vectors from the groups' tables and adds them at every position.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -17,7 +17,14 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import DynamicCache
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from icon2.engines.base import Generation, Sampling, to_generation
+from icon2.engines.base import (
+    Generation,
+    Sampling,
+    Steering,
+    SteeringInput,
+    as_steering,
+    to_generation,
+)
 from icon2.engines.decode import decode_dropping_finished, loop_fits
 from icon2.engines.kv_cache import cache_argument, reserved_cache
 from icon2.model.chat import end_of_turn_ids
@@ -61,9 +68,10 @@ class HFBackend:
         prompts: Sequence[str],
         sampling: Sampling,
         *,
-        vectors: Mapping[int, torch.Tensor] | None = None,
+        vectors: SteeringInput | None = None,
         desc: str | None = None,
     ) -> list[Generation]:
+        steering = as_steering(vectors, len(prompts))
         lengths = [len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
         order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
         out: list[Generation | None] = [None] * len(prompts)
@@ -77,14 +85,14 @@ class HFBackend:
                 flush=True,
             )
         with tqdm(total=len(prompts), desc=desc, disable=desc is None, unit="prompt") as bar:
-            self._batches(prompts, sampling, vectors, order, out, bar)
+            self._batches(prompts, sampling, steering, order, out, bar)
         return [g for g in out if g is not None]
 
     def _batches(
         self,
         prompts: Sequence[str],
         sampling: Sampling,
-        vectors: Mapping[int, torch.Tensor] | None,
+        steering: Steering | None,
         order: list[int],
         out: list[Generation | None],
         bar: tqdm,
@@ -94,7 +102,7 @@ class HFBackend:
             idx = order[start : start + self.batch_size]
             batch = tokenize_left(self.tokenizer, [prompts[i] for i in idx], device)
             batch.pop("position_ids")  # generate derives positions from the attention mask
-            rows = {} if vectors is None else {k: v[idx] for k, v in vectors.items()}
+            rows = {} if steering is None else steering.rows(idx)
             # One seed per batch index: identical requests give identical outputs.
             torch.manual_seed(sampling.seed + n)
             ended = bar.n

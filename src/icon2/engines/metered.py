@@ -9,16 +9,15 @@ so a stage records its cost by wrapping the backend it already builds, in one li
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from icon2.core.cost import Category, Meter, device_kind
 from icon2.core.io import write_json
 from icon2.core.params import Params
-from icon2.engines.base import Backend, Generation, Sampling
+from icon2.engines.base import Backend, Generation, Sampling, SteeringInput
 from icon2.model.loading import pick_device
 
 
@@ -38,7 +37,7 @@ class MeteredBackend:
         prompts: Sequence[str],
         sampling: Sampling,
         *,
-        vectors: Mapping[int, torch.Tensor] | None = None,
+        vectors: SteeringInput | None = None,
         desc: str | None = None,
     ) -> list[Generation]:
         with self.meter:

@@ -18,12 +18,12 @@ The HF engine needs none of this: it decodes with the stage's own model.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from icon2.engines.base import Backend, Generation, Sampling
+from icon2.engines.base import Backend, Generation, Sampling, SteeringInput
 
 #: Device types that count as host memory: a model there is left where it is.
 HOST = frozenset({"cpu", "meta"})
@@ -68,7 +68,7 @@ class EngineSession:
         prompts: Sequence[str],
         sampling: Sampling,
         *,
-        vectors: Mapping[int, torch.Tensor] | None = None,
+        vectors: SteeringInput | None = None,
         desc: str | None = None,
     ) -> list[Generation]:
         if self._engine is None:

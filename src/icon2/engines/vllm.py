@@ -2,9 +2,10 @@
 
 Steering lives inside vLLM's compiled graph (``vllm_steering``): each decoder layer of
 the supported architectures carries a table of vectors, one row per steering group, and
-each request names its group. A call whose rows carry different vectors (criteria ×
-signs) runs as one ``LLM.generate`` — one continuous batch — for up to ``GROUPS − 1``
-distinct sets of row vectors (more are split into several calls), with the tables set in
+each request names its group. The request's groups (:class:`~icon2.engines.base.Steering`:
+criteria × signs) map onto the layers' tables as they are, with no per-row vectors: a call
+runs as one ``LLM.generate`` — one continuous batch — for up to ``GROUPS − 1`` distinct
+groups (more are split into several calls), with the tables set in
 place before it and zeroed after it (also on error), so nothing leaks into the next call.
 Prefix caching stays on, salted per vector set: KV blocks computed under one vector are
 never reused under another.
@@ -29,7 +30,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from icon2.core.errors import ModelError
 from icon2.core.params import VLLMParams
-from icon2.engines.base import Generation, Sampling, to_generation
+from icon2.engines.base import Generation, Sampling, SteeringInput, as_steering, to_generation
 from icon2.engines.vllm_steering import ENV_FLAG, EXTRA_KEY, GROUPS, SUPPORTED
 
 INSTALL = "pip install -e '.[vllm]' && pip uninstall -y torchvision torchaudio torchcodec"
@@ -114,7 +115,7 @@ class VLLMBackend:
         prompts: Sequence[str],
         sampling: Sampling,
         *,
-        vectors: Mapping[int, torch.Tensor] | None = None,
+        vectors: SteeringInput | None = None,
         desc: str | None = None,
     ) -> list[Generation]:
         from vllm import SamplingParams
@@ -151,30 +152,26 @@ class VLLMBackend:
         """Stop the engine's processes now (they also stop when this process exits)."""
         self.llm.llm_engine.engine_core.shutdown()
 
-    def _groups(self, n: int, vectors: Mapping[int, torch.Tensor] | None) -> list[RowGroup]:
-        """Rows that share one vector per layer, in order of first appearance."""
-        if not vectors:
+    def _groups(self, n: int, vectors: SteeringInput | None) -> list[RowGroup]:
+        """The request's groups that have prompts: (prompts, layer → vector), in group order."""
+        steering = as_steering(vectors, n)  # checks the shapes
+        if steering is None:
             return [(list(range(n)), {})]
         if self.arch not in SUPPORTED:
             raise ModelError(
                 f"steering with base.engine=vllm supports {', '.join(sorted(SUPPORTED))}; "
                 f"this model is {self.arch} (use base.engine: hf)"
             )
-        layers = sorted(vectors)
+        layers = sorted(steering.table)
         missing = [layer for layer in layers if layer not in self.steerable]
         if missing:
             raise ModelError(f"steering layers {missing} are not among {self.steerable}")
-        rows = {layer: vectors[layer].detach().float().cpu() for layer in layers}
-        for layer, v in rows.items():
-            if v.shape[0] != n:
-                raise ValueError(f"layer {layer}: vectors for {v.shape[0]} rows, {n} prompts")
-        groups: dict[bytes, RowGroup] = {}
-        for i in range(n):
-            key = b"".join(rows[layer][i].numpy().tobytes() for layer in layers)
-            if key not in groups:
-                groups[key] = ([], {layer: rows[layer][i].tolist() for layer in layers})
-            groups[key][0].append(i)
-        return list(groups.values())
+        table = {layer: steering.table[layer].detach().float().cpu() for layer in layers}
+        return [
+            (members, {layer: table[layer][g].tolist() for layer in layers})
+            for g, members in enumerate(steering.members())
+            if members
+        ]
 
     def _set(self, table: Mapping[int, Mapping[int, list[float]]]) -> None:
         """Group → layer → vector into every worker's tables (``{}`` zeroes them)."""

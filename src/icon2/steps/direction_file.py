@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from icon2.core.errors import InputError
 from icon2.core.io import PROVENANCE_KEY, atomic_path, read_provenance
 from icon2.core.layers import resolve_layers
+from icon2.engines.base import Steering
 
 STATS = ("evr", "contrastive_norm", "hidden_norm", "mean_projection")
 
@@ -186,22 +187,29 @@ def layer_scale(dfile: DirectionFile, criterion: str, layer: int, scale: GammaSc
     return float(stat[row])
 
 
-def steering_vectors(
+def steering_groups(
     dfile: DirectionFile,
-    criteria: list[str],
-    gammas: list[float],
+    criteria: Sequence[str],
+    gammas: Sequence[float],
     layers: list[int],
     scale: GammaScale,
-) -> dict[int, torch.Tensor]:
-    """Per-layer [batch, d] vectors: row b = gammas[b] · scale · u^l_{criteria[b]}."""
-    out = {}
-    for layer in layers:
-        rows = [
-            g * layer_scale(dfile, c, layer, scale) * dfile.direction(c, layer)
-            for c, g in zip(criteria, gammas, strict=True)
-        ]
-        out[layer] = torch.stack(rows)
-    return out
+) -> Steering:
+    """Steering for rows b = 0 .. len(criteria)−1: row b gets gammas[b] · scale · u^l of
+    criteria[b] at every layer l. One group per distinct (criterion, γ), in order of first
+    appearance, so the tables hold a handful of vectors however many rows there are."""
+    keys: dict[tuple[str, float], int] = {}
+    groups = []
+    for key in zip(criteria, gammas, strict=True):
+        groups.append(keys.setdefault(key, len(keys)))
+    if not keys:
+        return Steering({}, ())
+    table = {
+        layer: torch.stack(
+            [g * layer_scale(dfile, c, layer, scale) * dfile.direction(c, layer) for c, g in keys]
+        )
+        for layer in layers
+    }
+    return Steering(table, tuple(groups))
 
 
 def write_tensors(path: Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:

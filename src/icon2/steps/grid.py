@@ -32,7 +32,7 @@ from icon2.steps.direction_file import (
     DirectionFile,
     GammaScale,
     controlled_layers,
-    steering_vectors,
+    steering_groups,
 )
 from icon2.steps.drops import pair_drop_reason
 from icon2.steps.projection import Projector
@@ -88,7 +88,7 @@ def grid_scores(
     read_before = int(getattr(scorer, "tokens_read", 0)) + projector.tokens_read
     out: list[dict[str, Any]] = []
     for name, layers in ranges.items():
-        vectors = steering_vectors(
+        vectors = steering_groups(
             dfile, criteria * len(gammas), [g for g in gammas for _ in range(n)], layers, scale
         )
         with generation as meter:

@@ -21,7 +21,7 @@ from icon2.engines import open_backend
 from icon2.engines.base import Backend, Generation, Sampling
 from icon2.engines.metered import MeteredBackend, engine_devices, stage_meter
 from icon2.model.chat import render_prompt, system_turn
-from icon2.steps.direction_file import DirectionFile, GammaScale, steering_vectors
+from icon2.steps.direction_file import DirectionFile, GammaScale, steering_groups
 from icon2.steps.drops import DROP_REASONS, pair_drop_reason
 from icon2.steps.shards import Shard, ShardStore, plan_shards, run_shards, shard_sampling
 
@@ -48,7 +48,7 @@ def generate_pairs(
         kept: the filter stage's table; uses columns id, instruction, criterion, split.
         system: system turn for both generations (also put at the head of ``prompt``).
         shard_size: instructions per shard (:mod:`icon2.steps.shards`); None = one shard.
-            Steering vectors exist for one shard at a time.
+            The engine gets one vector per (criterion, γ) group, not per row.
         store: where finished shards are kept, to resume a killed run; None = nowhere.
         meter: the meter ``backend`` adds to (its shares are kept with the shards).
 
@@ -64,14 +64,14 @@ def generate_pairs(
     n = len(rows)
 
     def work(shard: Shard) -> list[Generation]:
-        # Chosen and rejected rows go through one batched call: per-row vectors carry the
-        # sign, so each instruction's two passes differ only in γ.
+        # Chosen and rejected rows go through one batched call: each row's steering group
+        # (criterion, γ) carries the sign, so each instruction's two passes differ only in γ.
         part, m = slice(shard.start, shard.stop), shard.rows
-        vectors = steering_vectors(
+        steering = steering_groups(
             dfile, criteria[part] * 2, [gamma_pos] * m + [gamma_neg] * m, layers, scale
         )
         shard_sampled = shard_sampling(sampling, shard)
-        return backend.generate(prompts[part] * 2, shard_sampled, vectors=vectors, desc="pairs")
+        return backend.generate(prompts[part] * 2, shard_sampled, vectors=steering, desc="pairs")
 
     shards = plan_shards(n, shard_size or max(n, 1))
     results = run_shards(shards, work, store=store, meter=meter, per_row=2, desc="pairs")
