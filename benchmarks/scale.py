@@ -2,6 +2,7 @@
 
     python benchmarks/scale.py                         # 10k, 100k and 1M rows
     python benchmarks/scale.py --sizes 10000 --sizes 100000 --exact-max 100000
+    python benchmarks/scale.py --only near_dup_ann         # the approximate pass alone
 
 Synthetic inputs stand in for the model's work (no model runs): an instruction table of N
 sampled texts (a share truncated, exact and near duplicates planted), unit embeddings of
@@ -174,6 +175,9 @@ def main(
     exact_max: Annotated[int, typer.Option(help="Largest n the exact near-dup pass runs.")] = (
         100_000
     ),
+    steps: Annotated[
+        list[str] | None, typer.Option("--only", help="Run only these steps (default: all).")
+    ] = None,
     step: Annotated[str | None, typer.Option(hidden=True)] = None,
     rows: Annotated[int, typer.Option(hidden=True)] = 0,
     scratch: Annotated[Path, typer.Option(help="Scratch folder.")] = Path("/tmp/icon2-scale"),
@@ -184,9 +188,12 @@ def main(
         return
     from icon2.core.precision import machine
 
+    unknown = sorted(set(steps or []) - set(STEPS))
+    if unknown:
+        raise SystemExit(f"error: --only {unknown}: the steps are {', '.join(STEPS)}")
     results: list[dict[str, Any]] = []
     for n in sizes:
-        for name in STEPS:
+        for name in [s for s in STEPS if s in (steps or STEPS)]:
             if name == "near_dup" and n > exact_max:
                 base = next(r for r in results if r["step"] == name and r["rows"] == exact_max)
                 results.append(
