@@ -96,3 +96,19 @@ def test_errors() -> None:
         summarize(np.array([1.5]), one, one)
     with pytest.raises(ValueError, match="tie_margin"):
         summarize(one, one, one, tie_margin=0.5)
+
+
+def test_win_rate_interval_known_answers_and_swap() -> None:
+    n = 40
+    lengths = np.full(n, 10.0)
+    ties = summarize(np.full(n, 0.5), lengths, lengths)
+    assert (ties["win_rate_low"], ties["win_rate_high"]) == (0.5, 0.5)  # every resample ties
+    # 30 clear wins and 10 clear losses: 0.75, its interval above 0.5.
+    p = np.array([0.9] * 30 + [0.1] * 10)
+    won = summarize(p, lengths, lengths)
+    assert won["win_rate"] == 0.75
+    assert 0.5 < won["win_rate_low"] < 0.75 < won["win_rate_high"] <= 1.0
+    # The same judgements seen from the other model: the interval mirrors below 0.5.
+    lost = summarize(1.0 - p, lengths, lengths)
+    assert lost["win_rate_high"] < 0.5
+    assert lost["win_rate_low"] == pytest.approx(1.0 - won["win_rate_high"], abs=0.03)

@@ -204,6 +204,8 @@ def test_compare_builds_one_table(comp: dict[str, Any], tmp_path: Path) -> None:
             signals[f"reward_accuracy{suffix}"] = x + i / 10
         (d / "signals.json").write_text(json.dumps(signals))
         evaluation = {"win_rate": 0.5, "lc_win_rate": 0.55, "criteria_moved": 1}
+        if i == 0:  # the other row is like metrics written before the interval: shown bare
+            evaluation.update(win_rate=0.625, win_rate_low=0.45, win_rate_high=0.8)
         evaluation["direction_shift"] = 0.25
         for c in ("honesty", "harmlessness", "helpfulness", "general"):
             evaluation.update({f"direction_shift_{c}": 0.25, f"direction_shift_{c}_low": 0.1})
@@ -239,6 +241,9 @@ def test_compare_builds_one_table(comp: dict[str, Any], tmp_path: Path) -> None:
     assert table["human_pairs"].to_list() == [150, 150]
     assert table["human_reward_accuracy_high"].to_list() == pytest.approx([0.67, 0.67])
     assert "0.590 [0.510, 0.670]" in md
+    # The judge's win rate with its interval where the metrics have one.
+    assert table["win_rate_low"].to_list() == [0.45, None]
+    assert "| 0.625 [0.450, 0.800] |" in md and "| 0.500 |" in md
     # A method whose stages have not run: one clear error naming the file.
     (tmp_path / "cmp" / "icon2" / "signals.json").unlink()
     r = run_stage("compare", *args, "--markdown", tmp_path / "t.md", "--params", params)

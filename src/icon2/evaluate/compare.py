@@ -159,6 +159,8 @@ def outcome_frame(summary: dict[str, Any]) -> pl.DataFrame:
 HEADLINE = (
     "n",
     "win_rate",
+    "win_rate_low",
+    "win_rate_high",
     "strict_win_rate",
     "tie_rate",
     "loss_rate",

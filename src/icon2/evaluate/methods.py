@@ -23,6 +23,8 @@ TABLE_SCHEMA: dict[str, pl.DataType] = {
     "direction_shift": pl.Float64(),
     "criteria_moved": pl.Int64(),  # criteria whose shift CI lies above 0
     "win_rate": pl.Float64(),
+    "win_rate_low": pl.Float64(),  # absent (–) in metrics written before the interval was
+    "win_rate_high": pl.Float64(),
     "lc_win_rate": pl.Float64(),
     "judge_discrimination": pl.Float64(),
     # the human-preference benchmark (the `benchmark` stage): the same pairs for every row
@@ -65,6 +67,8 @@ def method_row(
         "criteria_moved": int(evaluation["criteria_moved"]),
         "direction_shift": _number(evaluation.get("direction_shift")),
         "win_rate": float(evaluation["win_rate"]),
+        "win_rate_low": _number(evaluation.get("win_rate_low")),
+        "win_rate_high": _number(evaluation.get("win_rate_high")),
         "lc_win_rate": float(evaluation["lc_win_rate"]),
         "judge_discrimination": float(signals["judge_discrimination"]),
         "human_pairs": int(benchmark["n"]),

@@ -13,6 +13,8 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit
 
+from icon2.evaluate.bootstrap import mean_ci
+
 L2_LENGTH = 1e-3  # ridge on the length coefficient: keeps the fit finite when p is separable
 
 
@@ -67,12 +69,15 @@ def summarize(
     *,
     tie_margin: float = 0.05,
     groups: Sequence[str] | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Win/tie/loss rates, mean lengths and a length-controlled win rate.
 
     An outcome is a win when p > 0.5 + tie_margin, a loss when p < 0.5 − tie_margin and a
     tie otherwise. ``win_rate`` counts a tie as half a win, (wins + 0.5·ties)/n, the
-    AlpacaEval convention; ``strict_win_rate`` is wins/n.
+    AlpacaEval convention; ``strict_win_rate`` is wins/n. ``win_rate_low`` /
+    ``win_rate_high`` bound it with a percentile-bootstrap 95 % interval over the prompts
+    (scores 1 / 0.5 / 0; resampled with ``seed``).
 
     The length-controlled win rate ``lc_win_rate`` comes from a logistic regression of the
     soft outcome p on x = tanh((len_first − len_second)/s), s being the standard deviation
@@ -90,7 +95,8 @@ def summarize(
             win_rate, tie_rate and mean_preference per label.
 
     Returns:
-        n, win_rate, strict_win_rate, tie_rate, loss_rate, mean_preference, mean_len_first,
+        n, win_rate (with win_rate_low, win_rate_high), strict_win_rate, tie_rate, loss_rate,
+        mean_preference, mean_len_first,
         mean_len_second, lc_win_rate, lc_coef_length and, with ``groups``, by_group.
 
     Raises:
@@ -111,6 +117,8 @@ def summarize(
         raise ValueError(f"tie_margin must be in [0, 0.5), got {tie_margin}")
     lc, coef = length_controlled(p, lf, ls)
     out: dict[str, Any] = {"n": int(p.size), **_rates(p, tie_margin)}
+    scores = np.where(p > 0.5 + tie_margin, 1.0, np.where(p < 0.5 - tie_margin, 0.0, 0.5))
+    _, out["win_rate_low"], out["win_rate_high"] = mean_ci(scores, seed=seed)
     out.update(
         mean_len_first=float(lf.mean()),
         mean_len_second=float(ls.mean()),
