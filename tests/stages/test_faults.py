@@ -7,16 +7,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import REPO
+from tests.kill import kill_when_marked
 
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 # Run the stage as `python stages/model.py`, but stop for good once everything is written to
@@ -83,25 +82,12 @@ def test_kill_9_in_model_stage_then_clean_rerun(tiny_model_dir: Path, tmp_path: 
     (out / "good.txt").write_text("last good model\n")
     marker = tmp_path / "written"
     cmd = [sys.executable, "-c", _STALL, str(REPO / "stages" / "model.py"), "--out", str(out)]
-    proc = subprocess.Popen(
+    kill_when_marked(
         [*cmd, "--params", str(params), str(marker)],
+        marker,
         env=_env(True),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        what="the stage never finished writing",
     )
-    try:
-        deadline = time.monotonic() + 240
-        while not marker.exists():
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-            assert time.monotonic() < deadline, "the stage never finished writing"
-            time.sleep(0.1)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
     stale = [p for p in data.iterdir() if p.name != "model"]
     assert stale and all(p.name.startswith(".model.tmp-") for p in stale), stale
     assert any(f.name == "model.safetensors" for p in stale for f in p.iterdir())

@@ -278,12 +278,10 @@ def test_kill_9_mid_pairs_then_rerun_gives_the_uninterrupted_bytes(
     chain: dict[str, Any], tmp_path: Path
 ) -> None:
     import os
-    import signal
-    import subprocess
     import sys
-    import time
 
     from tests.conftest import REPO
+    from tests.kill import kill_when_marked
 
     params = _params(chain, tmp_path, synthesize={"source": "file"}, pairs={"shard_size": 2})
     whole, killed = tmp_path / "whole", tmp_path / "killed"
@@ -305,25 +303,12 @@ def test_kill_9_mid_pairs_then_rerun_gives_the_uninterrupted_bytes(
         "--metrics", killed / "pairs.json", "--params", params,
     ]  # fmt: skip
     cmd = [sys.executable, "-c", _STALL_AFTER_SHARD_1, str(REPO / "stages" / "pairs.py")]
-    proc = subprocess.Popen(
+    kill_when_marked(
         [*cmd, *map(str, args), str(marker)],
+        marker,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        what="the stage never finished its second shard",
     )
-    try:
-        deadline = time.monotonic() + 240
-        while not marker.exists():
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-            assert time.monotonic() < deadline, "the stage never finished its second shard"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
     shards = killed / ".shards" / "pairs"
     assert sorted(p.name for p in shards.iterdir()) == [
         "manifest.json",
