@@ -19,6 +19,11 @@ def test_per_row_vectors_become_groups_of_identical_rows() -> None:
     for layer, dense in rows.items():
         torch.testing.assert_close(s.rows(range(5))[layer], dense)
     assert s.members() == [[0, 2], [1, 4], [3]]
+    # Rows that differ below float32's precision stay apart (bf16 rows group too).
+    fine = torch.tensor([[1.0], [1.0 + 1e-12]], dtype=torch.float64)
+    assert as_steering({1: fine}, 2).groups == (0, 1)  # type: ignore[union-attr]
+    half = torch.tensor([[0.5], [0.5], [0.25]], dtype=torch.bfloat16)
+    assert as_steering({1: half}, 3).groups == (0, 0, 1)  # type: ignore[union-attr]
 
 
 def test_groups_pick_their_rows_and_a_swap_shows() -> None:
@@ -33,6 +38,7 @@ def test_groups_pick_their_rows_and_a_swap_shows() -> None:
 
 def test_no_steering_and_bad_shapes() -> None:
     assert as_steering(None, 3) is None and as_steering({}, 3) is None
+    assert as_steering(Steering({}, (0, 0, 0)), 3) is None  # no layers: nothing to add
     with pytest.raises(ValueError, match="3 prompts"):
         as_steering({2: torch.zeros(4, 8)}, 3)
     with pytest.raises(ValueError, match="2 prompts"):

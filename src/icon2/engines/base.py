@@ -70,7 +70,7 @@ class Steering:
         if len(set(sizes.values())) > 1 or any(t.dim() != 2 for t in self.table.values()):
             raise ValueError(f"steering tables must be [groups, d] alike, got rows {sizes}")
         count = self.size
-        bad = [g for g in self.groups if not 0 <= g < count]
+        bad = [g for g in self.groups if not 0 <= g < count] if self.table else []
         if bad:
             raise ValueError(f"steering groups {sorted(set(bad))[:5]} are outside 0..{count - 1}")
 
@@ -97,8 +97,9 @@ SteeringInput = Steering | Mapping[int, torch.Tensor]
 
 def as_steering(vectors: SteeringInput | None, n: int) -> Steering | None:
     """``vectors`` as groups for ``n`` prompts; per-row vectors are grouped by identical rows
-    (in order of first appearance). None (or an empty mapping) is no steering."""
-    if vectors is None or (not isinstance(vectors, Steering) and not vectors):
+    (in order of first appearance). None, an empty mapping or a steering without layers is
+    no steering."""
+    if vectors is None or not (vectors.table if isinstance(vectors, Steering) else vectors):
         return None
     if isinstance(vectors, Steering):
         if len(vectors.groups) != n:
@@ -113,7 +114,8 @@ def as_steering(vectors: SteeringInput | None, n: int) -> Steering | None:
     groups: list[int] = []
     firsts: list[int] = []
     for i in range(n):
-        key = b"".join(rows[layer][i].float().cpu().numpy().tobytes() for layer in layers)
+        # float64 holds every 16- and 32-bit value exactly (numpy has no bfloat16).
+        key = b"".join(rows[layer][i].double().cpu().numpy().tobytes() for layer in layers)
         if key not in keys:
             keys[key] = len(firsts)
             firsts.append(i)
