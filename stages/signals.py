@@ -33,8 +33,9 @@ def main(
     params: Annotated[Path, typer.Option(help="Params file.")] = Path("params.yaml"),
 ) -> None:
     p = open_stage(params)
-    files = pool_files({str(m): f for m, f in p.compare.methods.items()}, pool_root)
-    held = common_held_out({str(f): read_pairs(f) for f in files})
+    methods = {str(m): f for m, f in p.compare.methods.items()}
+    files = pool_files(methods, pool_root)
+    held = common_held_out({m: read_pairs(f) for m, f in zip(methods, files, strict=True)})
     ev = json.loads(evaluation.read_text())
     base, tokenizer, _ = load_model(model_dir, p)
     trained, _, _ = load_model(trained_dir, p)

@@ -83,7 +83,8 @@ def test_common_held_out_pools_every_methods_validation_pairs() -> None:
     a = _pairs([("validation", "s", "q1", "c1", "r1"), ("train", "s", "q0", "c0", "r0")])
     b = _pairs([("validation", "s", "q2", "c2", "r2"), ("validation", "s", "q1", "c1", "r1")])
     held = common_held_out({"a": a, "b": b})
-    assert held == HeldOut(["q1", "q2"], ["c1", "c2"], ["r1", "r2"], "s")  # q1 counted once
+    assert held == HeldOut(["q1", "q2"], ["c1", "c2"], ["r1", "r2"], "s", ["a", "b"])
+    # q1 counted once, under the first table that has it.
     # The same set whatever method is being scored: the order of the tables only orders it.
     assert sorted(common_held_out({"b": b, "a": a}).user) == sorted(held.user)
     with pytest.raises(InputError, match="common held-out set is empty"):
@@ -133,6 +134,38 @@ def test_held_out_reward_equals_a_hand_computation_and_flips_with_a_swap(
     # Roles swapped (the starting model scored against the trained one): the margin flips.
     roles = held_out_reward(base, trained, tok, held, **kw)
     assert roles["reward_margin"] == pytest.approx(-out["reward_margin"])
+
+
+def test_held_out_reward_by_source_splits_the_pool(tiny_model: Any, tiny_model_dir: Any) -> None:
+    """Each source's accuracy is the hand-computed share on its own rows; relabelled rows
+    move their wins with them."""
+    base, tok = tiny_model
+    trained = _nudged(tiny_model_dir, 0.5)
+    user = ["Name a prime.", "Capital of France?", "Say hi.", "Sort a list.", "Count to 3."]
+    chosen = ["2.", "Paris.", "Hello there!", "Use sorted().", "1, 2, 3."]
+    rejected = ["4.", "Rome is.", "No.", "By hand, slowly.", "3, 2, 1."]
+    kw: dict[str, Any] = {"beta": 0.1, "batch_size": 2, "seed": 0, "resamples": 200}
+    whole = held_out_reward(trained, base, tok, HeldOut(user, chosen, rejected, None), **kw)
+    assert "by_source" not in whole  # unnamed rows: no split
+    logp = {
+        (name, side): response_logps(m, tok, user, ys, batch_size=2)[0].numpy()
+        for name, m in (("t", trained), ("b", base))
+        for side, ys in (("c", chosen), ("r", rejected))
+    }
+    won = (logp["t", "c"] - logp["b", "c"]) - (logp["t", "r"] - logp["b", "r"]) > 0
+    for labels in (["x", "x", "y", "y", "y"], ["y", "x", "x", "y", "x"]):
+        named = HeldOut(user, chosen, rejected, None, labels)
+        out = held_out_reward(trained, base, tok, named, **kw)
+        assert out["reward_accuracy"] == whole["reward_accuracy"]
+        split = out["by_source"]
+        assert list(split) == list(dict.fromkeys(labels))  # in order of first appearance
+        for name in ("x", "y"):
+            mine = np.array(labels) == name
+            assert split[name]["pairs"] == int(mine.sum())
+            assert split[name]["reward_accuracy"] == pytest.approx(float(won[mine].mean()))
+            low, high = split[name]["reward_accuracy_low"], split[name]["reward_accuracy_high"]
+            assert low <= split[name]["reward_accuracy"] <= high
+    assert won[:2].mean() != won[2:].mean()  # the case can tell the two labellings apart
 
 
 def test_signals_of_a_model_against_itself(tiny_model: Any) -> None:

@@ -176,6 +176,8 @@ def test_signals_score_every_method_on_the_common_held_out_set(
     assert s["held_out_pairs"] == 2 and s["reward_accuracy"] == 0.0 and s["reward_margin"] == 0
     assert s["reward_accuracy_low"] == s["reward_accuracy_high"] == 0.0
     assert s["judge_discrimination"] == 0.0
+    # Split by the method whose file each pooled pair came from (the shared one: icon2's).
+    assert {m: v["pairs"] for m, v in s["by_source"].items()} == {"icon2": 1, "sampling_ranking": 1}
     # One method only: its own validation pair, so the pool shrinks to 1.
     r = signals({"icon2": ours}, tmp_path / "s1.json")
     assert r.exit_code == 0, r.output

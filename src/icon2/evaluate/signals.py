@@ -6,7 +6,9 @@
   starting model itself has r ≡ 0 and scores 0 (ties are not wins). In the comparison
   every method is scored on one **common** held-out set — the validation pairs of every
   method's table, pooled (:func:`common_held_out`) — so that a method whose own pairs are
-  easy does not look better for it: no method trained on any of them.
+  easy does not look better for it: no method trained on any of them. ``by_source`` splits
+  the accuracy by the method whose table each pooled pair came from (first seen), which
+  shows a model that only wins on pairs of its own kind.
 * **Judge discrimination** — the share of judgements that are not ties; a blind judge
   (every P ≈ 0.5) scores 0 and its win rates mean nothing.
 
@@ -17,7 +19,7 @@ The direction shift (the trained model's own answers along u) is in
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,7 @@ class HeldOut:
     chosen: list[str]
     rejected: list[str]
     system: str | None  # the one system turn of every prompt (None = none)
+    source: list[str] = field(default_factory=list)  # per row, when pooled from named tables
 
 
 def held_out(pairs: pl.DataFrame) -> HeldOut:
@@ -125,7 +128,8 @@ def pool_files(methods: Mapping[str, str], roots: Sequence[Path]) -> list[Path]:
 
 def common_held_out(tables: Mapping[str, pl.DataFrame]) -> HeldOut:
     """The validation pairs of every table, pooled, each (prompt, chosen, rejected) once,
-    in the order of ``tables`` and their rows.
+    in the order of ``tables`` and their rows; ``source`` names the table each came from
+    (the first, for a pair in several).
 
     Args:
         tables: source name → pair table (columns split, prompt, chosen, rejected).
@@ -137,8 +141,9 @@ def common_held_out(tables: Mapping[str, pl.DataFrame]) -> HeldOut:
     user: list[str] = []
     chosen: list[str] = []
     rejected: list[str] = []
+    source: list[str] = []
     systems: set[str | None] = set()
-    for frame in tables.values():
+    for name, frame in tables.items():
         h = held_out(frame)
         if h.user:
             systems.add(h.system)
@@ -148,13 +153,14 @@ def common_held_out(tables: Mapping[str, pl.DataFrame]) -> HeldOut:
                 user.append(row[0])
                 chosen.append(row[1])
                 rejected.append(row[2])
+                source.append(name)
     if not user:
         raise InputError(
             f"no validation pairs in {', '.join(tables)}: the common held-out set is empty"
         )
     if len(systems) > 1:
         raise InputError("the held-out pairs of the methods use different system prompts")
-    return HeldOut(user, chosen, rejected, next(iter(systems)))
+    return HeldOut(user, chosen, rejected, next(iter(systems)), source)
 
 
 def held_out_reward(
@@ -167,10 +173,11 @@ def held_out_reward(
     batch_size: int,
     seed: int,
     resamples: int,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Reward accuracy and mean margin of ``trained`` on ``held``, reference = ``base``
-    (DPO's implicit reward), each with its bootstrap 95 % CI over pairs; empty when there
-    is no held-out pair."""
+    (DPO's implicit reward), each with its bootstrap 95 % CI over pairs, and, when ``held``
+    names its rows' sources, ``by_source``: each source's pairs, reward accuracy and CI.
+    Empty when there is no held-out pair."""
     if not held.user:
         return {}
     sums = [  # trained on chosen, rejected; then the reference on the same
@@ -181,11 +188,23 @@ def held_out_reward(
     pc, pr, rc, rr = (x.numpy() for x in sums)
     reward_accuracy(pc, pr, rc, rr, beta=beta)  # checks the shapes and β
     margin = beta * ((pc - rc) - (pr - rr))
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {}
     won = (margin > 0).astype(float)
     for name, values in (("reward_accuracy", won), ("reward_margin", margin)):
         mean, low, high = mean_ci(values, seed=seed, resamples=resamples)
         out.update({name: mean, f"{name}_low": low, f"{name}_high": high})
+    if held.source:
+        labels = np.asarray(held.source, dtype=object)
+        by_source: dict[str, dict[str, float]] = {}
+        for name in dict.fromkeys(held.source):
+            mean, low, high = mean_ci(won[labels == name], seed=seed, resamples=resamples)
+            by_source[name] = {
+                "pairs": int((labels == name).sum()),
+                "reward_accuracy": mean,
+                "reward_accuracy_low": low,
+                "reward_accuracy_high": high,
+            }
+        out["by_source"] = by_source
     return out
 
 
@@ -229,7 +248,11 @@ def signals_line(result: Mapping[str, Any]) -> str:
         if ra is None
         else f"{ra:.3f} [{result['reward_accuracy_low']:.3f}, {result['reward_accuracy_high']:.3f}]"
     )
+    split = "".join(
+        f"; {name}'s {v['pairs']}: {v['reward_accuracy']:.3f}"
+        for name, v in result.get("by_source", {}).items()
+    )
     return (
-        f"signals: held-out reward accuracy {acc} on {result['held_out_pairs']} pairs, "
+        f"signals: held-out reward accuracy {acc} on {result['held_out_pairs']} pairs{split}, "
         f"judge discrimination {result['judge_discrimination']:.3f}"
     )
