@@ -6,6 +6,8 @@
     python benchmarks/bench.py kv-cache     # in-place KV cache vs transformers' DynamicCache
     python benchmarks/bench.py cache-paths  # the same vs StaticCache and compiled generate
     python benchmarks/bench.py drop-finished  # decoding that drops finished rows vs generate
+    python benchmarks/bench.py gqa          # masked decoding: SDPA's grouped heads vs repeat_kv
+    python benchmarks/bench.py packing      # DPO steps: packed pairs vs padded batches
 
 Both use the ``model`` stage's output and ``directions.safetensors`` (run ``dvc repro
 directions`` first; ``training`` also needs ``data/pairs/pairs.parquet``).
@@ -274,6 +276,106 @@ def drop_finished(
 
 
 @app.command()
+def gqa(
+    model_dir: ModelDir = Path("data/model"),
+    features: Features = Path("data/features.jsonl"),
+    params: Annotated[Path, typer.Option(help="For base.system_prompt and hf.dtype.")] = Path(
+        "params.yaml"
+    ),
+    prompts: int = 128,
+    new_tokens: int = 320,
+    repeats: int = 2,
+) -> None:
+    """Masked (left-padded) decoding as `pairs` runs it, with transformers' ``repeat_kv``
+    copies of the key/value heads vs SDPA reading the grouped heads in place
+    (``TRANSFORMERS_SDPA_FORCE_GQA``, which the stages set on the CPU). Same tokens."""
+    import os
+
+    from icon2.core.params import load_params
+    from icon2.model.loading import FORCE_GQA
+
+    p = load_params(params)
+    model, tok, _ = load_local(model_dir)
+    dtype = resolve_dtype("hf.dtype", p.hf.dtype, "cpu").value
+    model.to(getattr(torch, dtype))
+    texts = [
+        render_prompt(tok, q, p.base.system_prompt) for q in read_instructions(features)[:prompts]
+    ]
+    s = Sampling(max_new_tokens=new_tokens, repetition_penalty=1.1)
+    backend = HFBackend(model, tok, stop_ids=end_of_turn_ids(tok), batch_size=len(texts))
+    backend.generate(texts[:2], Sampling(max_new_tokens=4))  # warm-up
+    seconds = {"0": float("inf"), "1": float("inf")}
+    outputs = {}
+    for _ in range(repeats):  # interleaved, best of each
+        for flag in ("0", "1"):
+            os.environ[FORCE_GQA] = flag  # read by transformers at every attention call
+            t0 = time.perf_counter()
+            outputs[flag] = backend.generate(texts, s)
+            seconds[flag] = min(seconds[flag], time.perf_counter() - t0)
+    os.environ[FORCE_GQA] = "1"
+    _report(
+        {
+            "dtype": dtype,
+            "prompts": len(texts),
+            "budget": new_tokens,
+            "tokens_generated": sum(g.token_count for g in outputs["1"]),
+            "repeat_kv_s": round(seconds["0"], 1),
+            "grouped_sdpa_s": round(seconds["1"], 1),
+            "repeat_kv_over_grouped": round(seconds["0"] / seconds["1"], 3),
+            "same_tokens": outputs["0"] == outputs["1"],
+        }
+    )
+
+
+@app.command()
+def packing(
+    model_dir: ModelDir = Path("data/model"),
+    pairs: Annotated[Path, typer.Option(help="Preference table.")] = Path(
+        "data/pairs/pairs.parquet"
+    ),
+    steps: int = 8,
+    batch_size: int = 2,
+) -> None:
+    """DPO steps with each pair packed (no padding, the shared prompt once) vs padded
+    batches, the rest as the `train` stage runs them (fp32 masters, train.precision auto);
+    each in its own process. Same data order, so the losses must agree."""
+    results = {}
+    for name, flag in (("padded", "false"), ("packed", "true")):
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "train-once",
+            "--model-dir",
+            str(model_dir),
+            "--pairs",
+            str(pairs),
+            "--steps",
+            str(steps),
+            "--batch-size",
+            str(batch_size),
+            "--packing",
+            flag,
+            "--learning-rate",
+            "2e-5",
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"{name} failed:\n{done.stderr[-2000:]}")
+        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    padded, packed = results["padded"], results["packed"]
+    gap = max(abs(a - b) for a, b in zip(padded["losses"], packed["losses"], strict=True))
+    _report(
+        {
+            **results,
+            "padded_over_packed_step_time": round(
+                padded["seconds_per_step"] / packed["seconds_per_step"], 3
+            ),
+            "max_loss_difference": float(f"{gap:.3g}"),
+        }
+    )
+
+
+@app.command()
 def scoring(
     model_dir: ModelDir = Path("data/model"),
     features: Features = Path("data/features.jsonl"),
@@ -365,6 +467,8 @@ def train_once(
     loss: str = "dpo",
     precompute: bool = False,
     resolve_every: int = 0,
+    packing: str = "auto",
+    learning_rate: float = 1e-6,
 ) -> None:
     import resource
 
@@ -382,9 +486,10 @@ def train_once(
             "loss": loss,
             "max_steps": steps,
             "per_device_train_batch_size": batch_size,
-            "learning_rate": 1e-6,
+            "learning_rate": learning_rate,
             "max_length": 512,
             "precompute_ref_log_probs": precompute,
+            "packing": {"auto": "auto", "true": True, "false": False}[packing],
             # Solve from the first step: the benchmark measures the solve's share of a step.
             "dro": {"resolve_every": resolve_every, "warmup_fraction": 0.0},
         }
@@ -411,6 +516,8 @@ def train_once(
                 "total_seconds": round(total, 3),
                 "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "dro_solve_seconds": round(trainer.dro.solve_seconds, 4),
+                "packing": result.packing_record,
+                "losses": [h["loss"] for h in result.history if "loss" in h],
             }
         )
     )

@@ -17,7 +17,13 @@ from icon2.stage import load_model, open_stage, user_errors
 from icon2.steps.self_annotation import annotate_iteration, check_previous, prompt_slice
 from icon2.train.data import to_datasets
 from icon2.train.distributed import cli_options, relaunch
-from icon2.train.run import POLICY_DTYPE, curve_metrics, needs_reference, train_and_gather
+from icon2.train.run import (
+    POLICY_DTYPE,
+    curve_metrics,
+    needs_reference,
+    run_record,
+    train_and_gather,
+)
 
 
 @user_errors
@@ -64,7 +70,8 @@ def main(
     )
     write_table(out / "pairs.parquet", annotation.table, SPA_PAIR_SCHEMA, meta)
     name = f"{init_card['name']}+spa{iteration}"
-    done.save(out / "model", parent=card, name=name, extra={"provenance": meta})
+    extra = {"provenance": meta, "run": run_record(done.result)}
+    done.save(out / "model", parent=card, name=name, extra=extra)
     trained = {"truncated_trained_without_eot": done.result.trainer.truncated_answers}
     write_json(
         out / "metrics.json", {**annotation.headline(), **trained, **curve_metrics(done.result)}

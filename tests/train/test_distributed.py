@@ -255,7 +255,10 @@ def test_two_process_ddp_matches_one_process(
         ("ddp", {"distributed_type": "MULTI_CPU", "processes": 2}),
     ):
         card = json.loads((tmp_path / name / "ckpt" / "icon2_model.json").read_text())
+        packing = card["run"].pop("packing")
         assert card["run"] == spread, name
+        # On the CPU both runs trained on packed pairs (and so equal each other above).
+        assert packing["value"] == "on" and 0 < packing["computed_fraction"] < 1, name
     # Only rank 0 wrote, and it wrote a whole checkpoint.
     assert (tmp_path / "ddp" / "ckpt" / "model.safetensors").is_file()
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["ckpt", "live", "train.json"]

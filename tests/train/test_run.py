@@ -21,6 +21,9 @@ from icon2.train.run import (
     TrainResult,
     curve_metrics,
     needs_reference,
+    resolve_packing,
+    run_record,
+    train,
     train_and_gather,
     train_metrics,
 )
@@ -111,3 +114,68 @@ def test_trained_save_without_gathered_state(tiny_model: Any, tmp_path: Path) ->
     done = Trained(_result([], 0, 0.0), model, tok, None)
     card = done.save(tmp_path / "m", parent=PARENT, name="copy", extra={})
     assert card["kind"] == "trained" and (tmp_path / "m" / MODEL_CARD).is_file()
+
+
+@pytest.mark.parametrize(
+    ("requested", "device", "value"),
+    [("auto", "cpu", "on"), ("auto", "cuda", "off"), (True, "cuda", "on"), (False, "cpu", "off")],
+)
+def test_resolve_packing(requested: bool | str, device: str, value: str) -> None:
+    resolved = resolve_packing(requested, device)  # type: ignore[arg-type]
+    assert resolved.value == value and resolved.key == "train.packing"
+
+
+# Answers of different lengths and a shared first answer word: padding and a common prefix
+# longer than the prompt, both of which packing removes.
+UNEVEN = [
+    {
+        "prompt": [{"role": "user", "content": q}],
+        "chosen": [{"role": "assistant", "content": f"Sure. A careful answer to: {q} " * n}],
+        "rejected": [{"role": "assistant", "content": "Sure." if n % 2 else "No."}],
+    }
+    for n, q in enumerate(("What is 2 + 2?", "Name a color.", "Say hello.", "A tip?"), start=1)
+]
+
+
+@pytest.mark.parametrize("loss", ["dpo", "spa", "dro"])
+def test_packed_training_follows_the_padded_run(tiny_model_dir: Path, loss: str) -> None:
+    runs = {}
+    for packing in (False, True):
+        policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        ref = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+        tp = TrainParams.model_validate(
+            {
+                "loss": loss,
+                "max_steps": 4,
+                "per_device_train_batch_size": 2,
+                "max_length": 128,
+                "learning_rate": 1e-4,
+                "precision": "fp32",  # bf16 rounding would differ between the two layouts
+                "packing": packing,
+                "dro": {"warmup_fraction": 0.25},
+            }
+        )
+        result = train(
+            tp,
+            policy=policy,
+            ref=ref,
+            tokenizer=tok,
+            train_dataset=datasets.Dataset.from_list(UNEVEN),
+            seed=0,
+        )
+        losses = [h["loss"] for h in result.history if "loss" in h]
+        runs[packing] = (losses, policy.state_dict(), result)
+    (padded, padded_weights, plain), (packed, packed_weights, result) = runs[False], runs[True]
+    assert len(packed) == len(padded) == 4
+    assert padded[-1] != padded[0]  # the run moved
+    assert packed == pytest.approx(padded, rel=1e-4, abs=1e-5)
+    for name, value in padded_weights.items():
+        torch.testing.assert_close(packed_weights[name], value, rtol=1e-3, atol=1e-5)
+    record = run_record(result)["packing"]
+    assert record["value"] == "on" and 0.3 < record["computed_fraction"] < 0.9
+    assert run_record(plain)["packing"] == {
+        "requested": "false",
+        "value": "off",
+        "reason": "set in params",
+    }

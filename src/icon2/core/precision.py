@@ -26,6 +26,13 @@ if TYPE_CHECKING:
     from icon2.core.params import Params
 
 ENV_OVERRIDE = "ICON2_BF16_NATIVE"
+#: Variables that change which kernels this CPU runs (torch's, oneDNN's, MKL's dispatch).
+SIMULATION_ENV = (
+    ENV_OVERRIDE,
+    "ATEN_CPU_CAPABILITY",
+    "ONEDNN_MAX_CPU_ISA",
+    "MKL_ENABLE_INSTRUCTIONS",
+)
 Device = Literal["cpu", "cuda"]
 
 
@@ -172,6 +179,11 @@ def machine() -> dict[str, object]:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
+    # Settings that make this CPU behave as another class (e.g. AVX2 kernels, bf16 taken
+    # as emulated): a figure measured under them says so.
+    overrides = {k: os.environ[k] for k in SIMULATION_ENV if os.environ.get(k)}
+    if overrides:
+        info["simulated_by"] = overrides
     if torch.cuda.is_available():
         info["cuda"] = torch.cuda.get_device_name()
     return info

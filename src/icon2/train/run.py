@@ -10,6 +10,7 @@ the gathered weights and saves them with :meth:`Trained.save`) and report
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -23,8 +24,10 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from icon2.core.io import atomic_dir, weights_hash
 from icon2.core.params import TrainParams
+from icon2.core.precision import Device, Resolved, compute_device
 from icon2.core.processes import is_main_process
 from icon2.model.loading import MODEL_CARD
+from icon2.model.packing import PackingStats, pack_prefixes
 from icon2.train.config import make_trainer
 from icon2.train.distributed import full_state_dict
 from icon2.train.live import LiveCurves
@@ -41,6 +44,19 @@ POLICY_DTYPE = "float32"
 class TrainResult:
     trainer: Icon2DPOTrainer
     seconds: float
+    packing: Resolved | None = None
+    packed: PackingStats | None = None  # the policy's backbone counts (None: not packed)
+
+    @property
+    def packing_record(self) -> dict[str, Any]:
+        """The resolved ``train.packing`` and the share of padded positions computed."""
+        if self.packing is None:
+            return {}
+        record: dict[str, Any] = self.packing.record()
+        fraction = None if self.packed is None else self.packed.computed_fraction
+        if fraction is not None:
+            record["computed_fraction"] = round(fraction, 4)
+        return record
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -65,6 +81,29 @@ class TrainResult:
         return out
 
 
+def resolve_packing(requested: bool | str, device: Device) -> Resolved:
+    """``train.packing``: ``auto`` packs on the CPU only (see :mod:`icon2.model.packing`)."""
+    key = "train.packing"
+    if requested != "auto":
+        value = "on" if requested else "off"
+        return Resolved(key, str(requested).lower(), value, "set in params")
+    if device == "cpu":
+        return Resolved(key, "auto", "on", "cpu: a forward costs the positions it computes")
+    return Resolved(key, "auto", "off", "cuda: padded batches keep the fused attention kernels")
+
+
+def _pack(
+    packing: Resolved, policy: PreTrainedModel, ref: PreTrainedModel | None
+) -> tuple[Resolved, PackingStats | None]:
+    if packing.value != "on":
+        return packing, None
+    stats = pack_prefixes(policy)
+    if stats is None or (ref is not None and pack_prefixes(ref) is None):
+        reason = "the model's attention is not SDPA, which the packed mask needs"
+        return Resolved(packing.key, packing.requested, "off", reason), None
+    return packing, stats
+
+
 def train(
     tp: TrainParams,
     *,
@@ -83,6 +122,12 @@ def train(
     With ``live``, dvclive writes the per-step curves there while training runs.
     """
     policy.train()
+    packing, packed = _pack(resolve_packing(tp.packing, compute_device("auto")), policy, ref)
+    print(
+        f"packing: {packing.key} {packing.requested} -> {packing.value} ({packing.reason})",
+        file=sys.stderr,
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="icon2-train-") as scratch:
         trainer = make_trainer(
             tp,
@@ -99,7 +144,7 @@ def train(
         t0 = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - t0
-    return TrainResult(trainer, seconds)
+    return TrainResult(trainer, seconds, packing, packed)
 
 
 def save_checkpoint(
@@ -227,6 +272,7 @@ def run_record(result: TrainResult) -> dict[str, Any]:
     record: dict[str, Any] = {
         "distributed_type": str(accelerator.distributed_type.value),
         "processes": int(accelerator.num_processes),
+        "packing": result.packing_record,
     }
     if torch.cuda.is_available():
         record["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)

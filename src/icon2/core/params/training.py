@@ -77,6 +77,10 @@ class TrainParams(_Section):
     eval_steps: int | None = Field(None, ge=1)  # None = evaluate once at the end
     precompute_ref_log_probs: bool = False
     gradient_checkpointing: bool = False
+    # Each pair's rows run as one packed sequence: no padding, the shared prompt once
+    # (icon2.model.packing). auto = on the CPU, where a forward costs the positions it
+    # computes; off on CUDA, whose padded batches keep the fused attention kernels.
+    packing: bool | Literal["auto"] = "auto"
     spa: SPAParams = Field(default_factory=SPAParams)
     dro: DROParams = Field(default_factory=DROParams)
 
