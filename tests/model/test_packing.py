@@ -8,6 +8,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from icon2.model.packing import (
+    Packing,
     PackingStats,
     common_prefix,
     pack_prefixes,
@@ -67,32 +68,48 @@ def test_common_prefix() -> None:
     assert common_prefix(torch.tensor([9]), torch.tensor([1])) == 0
 
 
+def _check_plan(plan: Packing, ids: torch.Tensor, lengths: list[int]) -> None:
+    """Every real position is placed once, on its own token and position id, and sees
+    exactly the packed positions of its own row's earlier tokens."""
+    width = ids.shape[1]
+    dest, source = plan.dest.tolist(), plan.source.tolist()
+    assert len(dest) == sum(lengths) == len(source) and len(set(dest)) == len(dest)
+    assert torch.equal(ids.view(-1)[plan.dest], plan.input_ids.view(-1)[plan.source])
+    assert torch.equal(plan.position_ids.view(-1)[plan.source], plan.dest % width)
+    at = dict(zip(dest, source, strict=True))
+    size = plan.input_ids.shape[1]
+    for d, q in at.items():
+        row, t = divmod(d, width)
+        packed_row, local = divmod(q, size)
+        visible = {
+            packed_row * size + k for k in plan.mask[packed_row, local].nonzero()[:, 0].tolist()
+        }
+        assert visible == {at[row * width + u] for u in range(t + 1)}, (row, t)
+
+
 def test_plan_shares_each_pairs_prefix_once() -> None:
     rows = _pairs()
     ids, mask = _batch(rows)
-    plan = plan_packing(ids, right_padded_lengths(mask) or [])
-    # pair 1: 6 shared (prompt + token 20) + 2 + 1; pair 2: 3 shared + 6 + 1
-    assert plan.packed_tokens == (6 + 2 + 1) + (3 + 6 + 1) == 19
-    assert plan.input_ids.tolist()[:9] == [5, 6, 7, 8, 9, 20, 21, 22, 40]
-    # rejected_1's rest starts at its row position 6, after the shared 6 tokens
-    assert plan.position_ids.tolist()[:9] == [0, 1, 2, 3, 4, 5, 6, 7, 6]
-    # the rejected rest (packed index 8) sees the prefix and itself, not chosen's rest
-    assert plan.mask[8, :9].tolist() == [True] * 6 + [False, False, True]
-    # nothing of pair 2 sees pair 1
-    assert not plan.mask[9:, :9].any()
-    # every real position is placed exactly once, and read from a token equal to it
-    width = ids.shape[1]
-    assert plan.dest.numel() == sum(len(r) for r in rows) == plan.source.numel()
-    assert torch.equal(ids.view(-1)[plan.dest], plan.input_ids[plan.source])
-    assert len(set(plan.dest.tolist())) == plan.dest.numel()
-    assert all(d % width < len(rows[d // width]) for d in plan.dest.tolist())
+    lengths = right_padded_lengths(mask) or []
+    plan = plan_packing(ids, lengths)
+    # pair 1: 6 shared (prompt + token 20) + 2 + 1; pair 2: 3 shared + 6 + 1; one row
+    assert plan.tokens == plan.packed_tokens == (6 + 2 + 1) + (3 + 6 + 1) == 19
+    assert plan.input_ids.shape == (1, 19)
+    _check_plan(plan, ids, lengths)
+    # Narrow rows: each pair gets its own, the shorter one padded at its end.
+    narrow = plan_packing(ids, lengths, width=8)
+    assert narrow.input_ids.shape == (2, 10) and narrow.tokens == 19
+    _check_plan(narrow, ids, lengths)
+    assert narrow.mask[1, 9].tolist() == [False] * 9 + [True]  # padding sees itself only
 
 
 def test_odd_rows_stand_alone() -> None:
     rows = _pairs()[:3]
     ids, mask = _batch(rows)
-    plan = plan_packing(ids, right_padded_lengths(mask) or [])
+    lengths = right_padded_lengths(mask) or []
+    plan = plan_packing(ids, lengths)
     assert plan.packed_tokens == sum(len(r) for r in rows)  # nothing shared, nothing padded
+    _check_plan(plan, ids, lengths)
 
 
 def _hidden(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -179,3 +179,21 @@ def test_packed_training_follows_the_padded_run(tiny_model_dir: Path, loss: str)
         "value": "off",
         "reason": "set in params",
     }
+
+
+def test_no_packing_unless_both_models_can_pack(tiny_model_dir: Path) -> None:
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ref = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager")
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tp = TrainParams.model_validate({"max_steps": 1, "packing": True, "max_length": 64})
+    result = train(
+        tp,
+        policy=policy,
+        ref=ref,
+        tokenizer=tok,
+        train_dataset=datasets.Dataset.from_list(PAIRS),
+        seed=0,
+    )
+    record = run_record(result)["packing"]
+    assert record["value"] == "off" and "SDPA" in record["reason"]
+    assert "forward" not in vars(policy.base_model)  # the policy was left padded too

@@ -6,16 +6,18 @@ every padding position (on the default pairs 1.4× the real tokens at 2 pairs a 
 the prompt twice per pair (the system turn and the instruction are a third of a row). On a
 CPU, where a forward costs in proportion to the positions it computes, both are wall time.
 
-:func:`pack_prefixes` makes the backbone of a model run such a batch as one sequence:
-rows ``i`` and ``i + B`` share their longest common prefix (the prompt, and any first
-answer tokens the two answers have in common), then each row's remainder follows, with a
+:func:`pack_prefixes` makes the backbone of a model run such a batch packed: rows ``i``
+and ``i + B`` become one row that holds their longest common prefix once (the prompt, and
+any first answer tokens the two answers have in common), then each row's remainder, with a
 4-D attention mask that lets a remainder see its prefix and itself, causally, and nothing
-else, and the rows' own position ids. By causality the hidden state of a prefix position
-depends only on the prefix, so every real position gets the state it gets in the padded
-batch (to float reordering); the states are put back into the padded ``[rows, T, d]``
-layout (zeros at padding, which every loss masks) so that TRL's fused LM head and the SPA
-and DRO losses read them unchanged. Rows that are not paired this way (an odd row count)
-are packed without sharing, and are still not padded.
+else, and the rows' own position ids. Pairs fill packed rows of up to 1,024 positions
+(:data:`PACKED_WIDTH`; a longer pair gets a row of its own length), so a batch becomes one
+or a few rows with little padding, and the masked attention's cost stays bounded. By
+causality the hidden state of a prefix position depends only on the prefix, so every real
+position gets the state it gets in the padded batch (to float reordering); the states go
+back into the padded ``[rows, T, d]`` layout (zeros at padding, which every loss masks), so
+TRL's fused LM head and the SPA and DRO losses read them unchanged. Rows that are not
+paired this way (an odd row count) are packed as groups of one, without their padding.
 
 Only batches the backbone could take as they are go through the packing: ``input_ids`` and
 a right-padded 2-D ``attention_mask``, no cache, no position ids or embeddings of the
@@ -37,14 +39,18 @@ _INSTALLED = "_icon2_packed_prefixes"
 
 @dataclass(frozen=True)
 class Packing:
-    """Where each real position of a right-padded batch sits in one packed sequence.
+    """Where each real position of a right-padded batch sits in the packed batch: one row
+    per pair (its shared prefix, then each answer's remainder), right-padded to the longest.
 
     Attributes:
-        input_ids: [N] the packed tokens.
-        position_ids: [N] each packed token's position in its row.
-        mask: [N, N] True where packed query q may attend key k.
-        source: [M] packed index of each real position, rows in order (M = Σ lengths).
+        input_ids: [G, L] the packed rows (G pairs, or lone rows; padding repeats a token).
+        position_ids: [G, L] each packed token's position in its original row.
+        mask: [G, L, L] True where query q of a packed row may attend its key k (a padding
+            query attends only itself, so that no softmax row is empty).
+        source: [M] flat index ``g * L + j`` of each real position, rows in order (M = Σ
+            lengths).
         dest: [M] flat index ``row * T + t`` of that real position in the padded batch.
+        tokens: Real (unpadded) positions of the packed rows.
     """
 
     input_ids: torch.Tensor
@@ -52,10 +58,11 @@ class Packing:
     mask: torch.Tensor
     source: torch.Tensor
     dest: torch.Tensor
+    tokens: int
 
     @property
     def packed_tokens(self) -> int:
-        """Positions the backbone computes for the packed batch."""
+        """Positions the backbone computes for the packed batch, its padding included."""
         return int(self.input_ids.numel())
 
 
@@ -79,90 +86,118 @@ def common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
     return int(differs[0, 0]) if differs.numel() else n
 
 
+#: Length of a packed row when no pair is longer. Pairs share rows up to this length (few
+#: padding positions), and no row grows past it (the masked attention of a row costs its
+#: length squared; at 1,024 that is ~30 % of a SmolLM2 layer's work per position).
+PACKED_WIDTH = 1024
+
+
 @dataclass
-class _Builder:
-    width: int
+class _Row:
+    """One packed row: groups (a pair, or a lone row) one after another; a group is its
+    shared prefix, then each member's remainder. A key is visible to a query if it comes no
+    later, belongs to the same group and lies in the query's own segment or in the group's
+    prefix."""
+
     ids: list[torch.Tensor] = field(default_factory=list)
     positions: list[torch.Tensor] = field(default_factory=list)
-    # Per packed token: the group it belongs to (a pair, or a lone row), and its segment
-    # (a shared prefix or one row's remainder); a key is visible to a query of the same
-    # group if it is in the query's own segment or in the group's prefix.
     group: list[torch.Tensor] = field(default_factory=list)
     segment: list[torch.Tensor] = field(default_factory=list)
     is_prefix: list[torch.Tensor] = field(default_factory=list)
-    source: list[torch.Tensor] = field(default_factory=list)
-    dest: list[torch.Tensor] = field(default_factory=list)
+    members: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (row, local idx)
     size: int = 0
-    segments: int = 0
 
     def add(self, ids: torch.Tensor, start: int, group: int, prefix: bool) -> int:
-        """Appends tokens at row positions ``start, start + 1, …``; their first packed index."""
+        """Appends tokens at row positions ``start, start + 1, …``; their first local index."""
         n = ids.numel()
         first = self.size
         self.ids.append(ids)
         self.positions.append(torch.arange(start, start + n))
         self.group.append(torch.full((n,), group))
-        self.segment.append(torch.full((n,), self.segments))
+        self.segment.append(torch.full((n,), len(self.segment)))
         self.is_prefix.append(torch.full((n,), prefix))
-        self.segments += 1
         self.size += n
         return first
 
-    def place(self, row: int, prefix_at: int, prefix_len: int, rest_at: int, length: int) -> None:
-        """Row ``row``'s positions: ``[0, prefix_len)`` from the prefix, the rest after it."""
-        src = torch.cat(
-            [
-                torch.arange(prefix_at, prefix_at + prefix_len),
-                torch.arange(rest_at, rest_at + length - prefix_len),
-            ]
-        )
-        self.source.append(src)
-        self.dest.append(row * self.width + torch.arange(length))
+    def add_group(self, group: int, shared: int, rows: list[tuple[int, torch.Tensor]]) -> None:
+        """Adds batch rows that share their first ``shared`` tokens: the prefix once, then
+        each row's remainder; records where each batch row's positions are."""
+        at = self.add(rows[0][1][:shared], 0, group, prefix=True)
+        for row, seq in rows:
+            rest_at = self.add(seq[shared:], shared, group, prefix=False)
+            local = torch.cat(
+                [
+                    torch.arange(at, at + shared),
+                    torch.arange(rest_at, rest_at + seq.numel() - shared),
+                ]
+            )
+            self.members.append((row, local))
 
-    def build(self, device: torch.device) -> Packing:
+    def padded(self, parts: list[torch.Tensor], width: int) -> torch.Tensor:
+        flat = torch.cat(parts)
+        return torch.cat([flat, flat.new_zeros(width - flat.numel())])
+
+    def mask(self, width: int) -> torch.Tensor:
         group, segment = torch.cat(self.group), torch.cat(self.segment)
         is_prefix = torch.cat(self.is_prefix)
         order = torch.arange(self.size)
-        mask = (
+        real = (
             (order[None, :] <= order[:, None])
             & (group[None, :] == group[:, None])
             & ((segment[None, :] == segment[:, None]) | is_prefix[None, :])
         )
-        return Packing(
-            input_ids=torch.cat(self.ids).to(device),
-            position_ids=torch.cat(self.positions).to(device),
-            mask=mask.to(device),
-            source=torch.cat(self.source).to(device),
-            dest=torch.cat(self.dest).to(device),
-        )
+        out = torch.eye(width, dtype=torch.bool)  # padding queries see only themselves
+        out[: self.size, : self.size] = real
+        return out
 
 
-def plan_packing(input_ids: torch.Tensor, lengths: list[int]) -> Packing:
-    """The packed sequence for a right-padded batch whose row ``r`` has ``lengths[r]`` tokens.
+def plan_packing(input_ids: torch.Tensor, lengths: list[int], width: int = PACKED_WIDTH) -> Packing:
+    """The packed batch for a right-padded batch whose row ``r`` has ``lengths[r]`` tokens.
 
     With an even row count, rows ``i`` and ``i + rows/2`` (a pair's chosen and rejected)
-    share their common prefix; with an odd one every row stands alone.
+    form a group that holds their common prefix once; with an odd one every row is a group
+    of its own (unpadded only). Groups fill packed rows of ``width`` positions (or the
+    longest group's), longest first, each into the first row with room.
     """
-    rows, width = input_ids.shape
+    rows, padded_width = input_ids.shape
     ids = input_ids.detach().cpu()
-    builder = _Builder(width=width)
+    groups: list[tuple[int, list[tuple[int, torch.Tensor]]]] = []
     half = rows // 2 if rows % 2 == 0 else 0
     for i in range(half):
-        j = i + half
-        a, b = ids[i, : lengths[i]], ids[j, : lengths[j]]
-        shared = common_prefix(a, b)
-        at = builder.add(a[:shared], 0, group=i, prefix=True)
-        for row, seq in ((i, a), (j, b)):
-            rest_at = builder.add(seq[shared:], shared, group=i, prefix=False)
-            builder.place(row, at, shared, rest_at, seq.numel())
-    for row in range(2 * half, rows):
-        seq = ids[row, : lengths[row]]
-        at = builder.add(seq, 0, group=rows + row, prefix=False)
-        builder.place(row, at, 0, at, seq.numel())
-    return builder.build(input_ids.device)
+        a, b = ids[i, : lengths[i]], ids[i + half, : lengths[i + half]]
+        groups.append((common_prefix(a, b), [(i, a), (i + half, b)]))
+    groups += [(0, [(r, ids[r, : lengths[r]])]) for r in range(2 * half, rows)]
+    sizes = [shared + sum(seq.numel() - shared for _, seq in members) for shared, members in groups]
+    capacity = max(width, *sizes)
+    packed: list[_Row] = []
+    for g in sorted(range(len(groups)), key=lambda g: (-sizes[g], g)):
+        row = next((r for r in packed if r.size + sizes[g] <= capacity), None)
+        if row is None:
+            row = _Row()
+            packed.append(row)
+        row.add_group(g, *groups[g])
+    size = max(row.size for row in packed)
+    device = input_ids.device
+    return Packing(
+        input_ids=torch.stack([row.padded(row.ids, size) for row in packed]).to(device),
+        position_ids=torch.stack([row.padded(row.positions, size) for row in packed]).to(device),
+        mask=torch.stack([row.mask(size) for row in packed]).to(device),
+        source=torch.cat(
+            [k * size + local for k, row in enumerate(packed) for _, local in row.members]
+        ).to(device),
+        dest=torch.cat(
+            [
+                r * padded_width + torch.arange(local.numel())
+                for row in packed
+                for r, local in row.members
+            ]
+        ).to(device),
+        tokens=sum(row.size for row in packed),
+    )
 
 
 _NOT_PACKABLE = (
+    "cache",  # transformers 5's name for the KV cache (past_key_values before)
     "past_key_values",
     "inputs_embeds",
     "position_ids",
@@ -197,12 +232,12 @@ def _packed_forward(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         self,
         **{
             **kwargs,
-            "input_ids": plan.input_ids[None, :],
-            "position_ids": plan.position_ids[None, :],
-            "attention_mask": plan.mask[None, None, :, :],
+            "input_ids": plan.input_ids,
+            "position_ids": plan.position_ids,
+            "attention_mask": plan.mask[:, None, :, :],
         },
     )
-    packed = out.last_hidden_state[0]
+    packed = out.last_hidden_state.reshape(-1, out.last_hidden_state.shape[-1])
     rows, width = input_ids.shape
     hidden = packed.new_zeros(rows * width, packed.shape[-1])
     hidden = hidden.index_copy(0, plan.dest, packed.index_select(0, plan.source))
@@ -223,6 +258,12 @@ class PackingStats:
         return self.packed_tokens / self.padded_tokens if self.padded_tokens else None
 
 
+def packable(model: PreTrainedModel) -> bool:
+    """Whether :func:`pack_prefixes` can pack ``model``: a separate backbone, SDPA attention."""
+    sdpa = getattr(model.config, "_attn_implementation", None) == "sdpa"
+    return sdpa and model.base_model is not model
+
+
 def pack_prefixes(model: PreTrainedModel) -> PackingStats | None:
     """Make ``model``'s backbone pack right-padded, uncached batches (see the module doc).
 
@@ -230,9 +271,9 @@ def pack_prefixes(model: PreTrainedModel) -> PackingStats | None:
         The counters the backbone adds to (the same object if already installed), or None
         if the model does not use SDPA attention or has no separate backbone.
     """
-    backbone = model.base_model
-    if backbone is model or getattr(model.config, "_attn_implementation", None) != "sdpa":
+    if not packable(model):
         return None
+    backbone = model.base_model
     stats: PackingStats | None = getattr(backbone, _INSTALLED, None)
     if stats is None:
         stats = PackingStats()

@@ -27,7 +27,7 @@ from icon2.core.params import TrainParams
 from icon2.core.precision import Device, Resolved, compute_device
 from icon2.core.processes import is_main_process
 from icon2.model.loading import MODEL_CARD
-from icon2.model.packing import PackingStats, pack_prefixes
+from icon2.model.packing import PackingStats, pack_prefixes, packable
 from icon2.train.config import make_trainer
 from icon2.train.distributed import full_state_dict
 from icon2.train.live import LiveCurves
@@ -45,7 +45,9 @@ class TrainResult:
     trainer: Icon2DPOTrainer
     seconds: float
     packing: Resolved | None = None
-    packed: PackingStats | None = None  # the policy's backbone counts (None: not packed)
+    # The policy's backbone counts on this process: training, evaluation and DRO's
+    # confidence passes together (None: not packed).
+    packed: PackingStats | None = None
 
     @property
     def packing_record(self) -> dict[str, Any]:
@@ -97,11 +99,12 @@ def _pack(
 ) -> tuple[Resolved, PackingStats | None]:
     if packing.value != "on":
         return packing, None
-    stats = pack_prefixes(policy)
-    if stats is None or (ref is not None and pack_prefixes(ref) is None):
+    models = [policy] if ref is None else [policy, ref]
+    if not all(packable(m) for m in models):  # both or neither: log-ratios of like layouts
         reason = "the model's attention is not SDPA, which the packed mask needs"
         return Resolved(packing.key, packing.requested, "off", reason), None
-    return packing, stats
+    stats = [pack_prefixes(m) for m in models]
+    return packing, stats[0]
 
 
 def train(
@@ -122,6 +125,7 @@ def train(
     With ``live``, dvclive writes the per-step curves there while training runs.
     """
     policy.train()
+    # The device the Trainer computes on (CUDA when visible), as for train.precision.
     packing, packed = _pack(resolve_packing(tp.packing, compute_device("auto")), policy, ref)
     print(
         f"packing: {packing.key} {packing.requested} -> {packing.value} ({packing.reason})",
