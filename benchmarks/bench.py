@@ -339,29 +339,12 @@ def packing(
     """DPO steps with each pair packed (no padding, the shared prompt once) vs padded
     batches, the rest as the `train` stage runs them (fp32 masters, train.precision auto);
     each in its own process. Same data order, so the losses must agree."""
-    results = {}
-    for name, flag in (("padded", "false"), ("packed", "true")):
-        cmd = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "train-once",
-            "--model-dir",
-            str(model_dir),
-            "--pairs",
-            str(pairs),
-            "--steps",
-            str(steps),
-            "--batch-size",
-            str(batch_size),
-            "--packing",
-            flag,
-            "--learning-rate",
-            "2e-5",
-        ]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise SystemExit(f"{name} failed:\n{done.stderr[-2000:]}")
-        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    results = {
+        name: _train_once(
+            name, model_dir, pairs, steps, batch_size, "--packing", flag, "--learning-rate", "2e-5"
+        )
+        for name, flag in (("padded", "false"), ("packed", "true"))
+    }
     padded, packed = results["padded"], results["packed"]
     gap = max(abs(a - b) for a, b in zip(padded["losses"], packed["losses"], strict=True))
     _report(
@@ -422,26 +405,10 @@ def training(
         "spa": ["--loss", "spa"],
         "dro_resolve_every_step": ["--loss", "dro", "--resolve-every", "1"],
     }
-    results = {}
-    for name, extra in configs.items():
-        cmd = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "train-once",
-            "--model-dir",
-            str(model_dir),
-            "--pairs",
-            str(pairs),
-            "--steps",
-            str(steps),
-            "--batch-size",
-            str(batch_size),
-            *extra,
-        ]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise SystemExit(f"{name} failed:\n{done.stderr[-2000:]}")
-        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    results = {
+        name: _train_once(name, model_dir, pairs, steps, batch_size, *extra)
+        for name, extra in configs.items()
+    }
     dpo, pre = results["dpo"], results["dpo_precomputed_ref"]
     dro = results["dro_resolve_every_step"]
     _report(
@@ -521,6 +488,31 @@ def train_once(
             }
         )
     )
+
+
+def _train_once(
+    name: str, model_dir: Path, pairs: Path, steps: int, batch_size: int, *extra: str
+) -> dict[str, Any]:
+    """One `train-once` run in its own process (so that its peak RSS is its own)."""
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "train-once",
+        "--model-dir",
+        str(model_dir),
+        "--pairs",
+        str(pairs),
+        "--steps",
+        str(steps),
+        "--batch-size",
+        str(batch_size),
+        *extra,
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
 def _report(result: dict[str, Any]) -> None:
