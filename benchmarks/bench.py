@@ -288,12 +288,13 @@ def gqa(
 ) -> None:
     """Masked (left-padded) decoding as `pairs` runs it, with transformers' ``repeat_kv``
     copies of the key/value heads vs SDPA reading the grouped heads in place
-    (``TRANSFORMERS_SDPA_FORCE_GQA``, which the stages set on the CPU). Same tokens."""
+    (``TRANSFORMERS_SDPA_FORCE_GQA``). Same tokens in fp32; the stages leave it unset (see
+    benchmarks/README.md)."""
     import os
 
     from icon2.core.params import load_params
-    from icon2.model.loading import FORCE_GQA
 
+    force_gqa = "TRANSFORMERS_SDPA_FORCE_GQA"  # transformers' switch, read at every call
     p = load_params(params)
     model, tok, _ = load_local(model_dir)
     dtype = resolve_dtype("hf.dtype", p.hf.dtype, "cpu").value
@@ -308,11 +309,11 @@ def gqa(
     outputs = {}
     for _ in range(repeats):  # interleaved, best of each
         for flag in ("0", "1"):
-            os.environ[FORCE_GQA] = flag  # read by transformers at every attention call
+            os.environ[force_gqa] = flag
             t0 = time.perf_counter()
             outputs[flag] = backend.generate(texts, s)
             seconds[flag] = min(seconds[flag], time.perf_counter() - t0)
-    os.environ[FORCE_GQA] = "1"
+    os.environ.pop(force_gqa)
     _report(
         {
             "dtype": dtype,

@@ -259,30 +259,9 @@ def load_local(
     model, tokenizer = load_source(ModelSource(card["name"], "local", str(model_dir)), dtype=dtype)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    target = pick_device(device)
-    grouped_query_sdpa(target)
-    model.to(target)  # type: ignore[arg-type]
+    model.to(pick_device(device))  # type: ignore[arg-type]
     model.eval()  # type: ignore[no-untyped-call]
     return model, tokenizer, card
-
-
-#: transformers' switch for grouped-query attention inside SDPA when a mask is passed.
-FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
-
-
-def grouped_query_sdpa(device: torch.device) -> None:
-    """On the CPU, let SDPA read grouped key/value heads in place under a mask too.
-
-    With a mask (left-padded decoding, packed preference pairs) transformers copies each
-    key/value head once per query head that shares it (``repeat_kv``: 3 copies of the
-    whole cache per layer and step for SmolLM2), because CUDA's fast kernels take grouped
-    heads only without a mask; torch's CPU kernel takes both. Same tokens, and no copies
-    of the cache (``benchmarks/bench.py gqa``: 1.03x on a 128-row, 320-token fp32 decode
-    with AVX2 kernels on a 2-core EPYC, whose memory keeps up with the copies). A value the
-    user set is kept, and CUDA keeps transformers' choice.
-    """
-    if device.type == "cpu":
-        os.environ.setdefault(FORCE_GQA, "1")
 
 
 def pick_device(device: str) -> torch.device:
