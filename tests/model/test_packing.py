@@ -12,6 +12,7 @@ from icon2.model.packing import (
     PackingStats,
     common_prefix,
     pack_prefixes,
+    packable,
     plan_packing,
     right_padded_lengths,
 )
@@ -174,6 +175,11 @@ def test_other_batches_run_the_backbones_own_forward() -> None:
 
 def test_only_sdpa_models_and_installed_once() -> None:
     assert pack_prefixes(_model(attn="eager")) is None
+    windowed = _model()
+    windowed.config.sliding_window = 8  # the packed mask would replace the window
+    assert not packable(windowed) and pack_prefixes(windowed) is None
+    windowed.config.use_sliding_window = False  # Qwen2-style: a window set but unused
+    assert packable(windowed)
     model = _model()
     first = pack_prefixes(model)
     assert pack_prefixes(model) is first

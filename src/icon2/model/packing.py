@@ -259,9 +259,12 @@ class PackingStats:
 
 
 def packable(model: PreTrainedModel) -> bool:
-    """Whether :func:`pack_prefixes` can pack ``model``: a separate backbone, SDPA attention."""
-    sdpa = getattr(model.config, "_attn_implementation", None) == "sdpa"
-    return sdpa and model.base_model is not model
+    """Whether :func:`pack_prefixes` can pack ``model``: a separate backbone, SDPA attention,
+    and no sliding window (a caller's 4-D mask replaces the window the model would build)."""
+    config = model.config
+    sdpa = getattr(config, "_attn_implementation", None) == "sdpa"
+    window = getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
+    return sdpa and not window and model.base_model is not model
 
 
 def pack_prefixes(model: PreTrainedModel) -> PackingStats | None:

@@ -101,7 +101,7 @@ def _pack(
         return packing, None
     models = [policy] if ref is None else [policy, ref]
     if not all(packable(m) for m in models):  # both or neither: log-ratios of like layouts
-        reason = "the model's attention is not SDPA, which the packed mask needs"
+        reason = "the packed mask needs SDPA attention without a sliding window"
         return Resolved(packing.key, packing.requested, "off", reason), None
     stats = [pack_prefixes(m) for m in models]
     return packing, stats[0]
