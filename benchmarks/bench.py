@@ -41,6 +41,7 @@ app = typer.Typer(add_completion=False, help=__doc__)
 ModelDir = Annotated[Path, typer.Option(help="Output of the model stage.")]
 Directions = Annotated[Path, typer.Option(help="directions.safetensors.")]
 Features = Annotated[Path, typer.Option(help="Prompts to use (instruction column).")]
+AnswerParams = Annotated[Path, typer.Option(help="For base.system_prompt and hf.dtype.")]
 
 
 def _timed(fn: Any, repeats: int) -> float:
@@ -229,19 +230,11 @@ def cache_paths(
     )
 
 
-@app.command()
-def drop_finished(
-    model_dir: ModelDir = Path("data/model"),
-    features: Features = Path("data/features.jsonl"),
-    params: Annotated[Path, typer.Option(help="For base.system_prompt and hf.dtype.")] = Path(
-        "params.yaml"
-    ),
-    prompts: int = 64,
-    new_tokens: int = 320,
-) -> None:
-    """Real answers (the default system prompt, greedy, repetition penalty 1.1, as `pairs`)
-    in one batch: the decoding loop that drops finished rows vs transformers' `generate`,
-    which computes every row until the longest ends. Same tokens; time and row-steps."""
+def _answer_prompts(
+    model_dir: Path, features: Path, params: Path, prompts: int
+) -> tuple[Any, Any, list[str], str]:
+    """The model in ``hf.dtype`` (resolved for the CPU), its tokenizer, ``prompts`` feature
+    questions rendered with ``base.system_prompt`` as `pairs` renders them, and the dtype."""
     from icon2.core.params import load_params
 
     p = load_params(params)
@@ -249,7 +242,21 @@ def drop_finished(
     dtype = resolve_dtype("hf.dtype", p.hf.dtype, "cpu").value
     model.to(getattr(torch, dtype))
     questions = read_instructions(features)[:prompts]
-    texts = [render_prompt(tok, q, p.base.system_prompt) for q in questions]
+    return model, tok, [render_prompt(tok, q, p.base.system_prompt) for q in questions], dtype
+
+
+@app.command()
+def drop_finished(
+    model_dir: ModelDir = Path("data/model"),
+    features: Features = Path("data/features.jsonl"),
+    params: AnswerParams = Path("params.yaml"),
+    prompts: int = 64,
+    new_tokens: int = 320,
+) -> None:
+    """Real answers (the default system prompt, greedy, repetition penalty 1.1, as `pairs`)
+    in one batch: the decoding loop that drops finished rows vs transformers' `generate`,
+    which computes every row until the longest ends. Same tokens; time and row-steps."""
+    model, tok, texts, dtype = _answer_prompts(model_dir, features, params, prompts)
     s = Sampling(max_new_tokens=new_tokens, repetition_penalty=1.1)
     stop = end_of_turn_ids(tok)
     seconds, outputs = {}, {}
@@ -279,9 +286,7 @@ def drop_finished(
 def gqa(
     model_dir: ModelDir = Path("data/model"),
     features: Features = Path("data/features.jsonl"),
-    params: Annotated[Path, typer.Option(help="For base.system_prompt and hf.dtype.")] = Path(
-        "params.yaml"
-    ),
+    params: AnswerParams = Path("params.yaml"),
     prompts: int = 128,
     new_tokens: int = 320,
     repeats: int = 2,
@@ -292,16 +297,8 @@ def gqa(
     benchmarks/README.md)."""
     import os
 
-    from icon2.core.params import load_params
-
     force_gqa = "TRANSFORMERS_SDPA_FORCE_GQA"  # transformers' switch, read at every call
-    p = load_params(params)
-    model, tok, _ = load_local(model_dir)
-    dtype = resolve_dtype("hf.dtype", p.hf.dtype, "cpu").value
-    model.to(getattr(torch, dtype))
-    texts = [
-        render_prompt(tok, q, p.base.system_prompt) for q in read_instructions(features)[:prompts]
-    ]
+    model, tok, texts, dtype = _answer_prompts(model_dir, features, params, prompts)
     s = Sampling(max_new_tokens=new_tokens, repetition_penalty=1.1)
     backend = HFBackend(model, tok, stop_ids=end_of_turn_ids(tok), batch_size=len(texts))
     backend.generate(texts[:2], Sampling(max_new_tokens=4))  # warm-up
