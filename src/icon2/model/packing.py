@@ -12,7 +12,11 @@ any first answer tokens the two answers have in common), then each row's remaind
 4-D attention mask that lets a remainder see its prefix and itself, causally, and nothing
 else, and the rows' own position ids. Pairs fill packed rows of up to 1,024 positions
 (:data:`PACKED_WIDTH`; a longer pair gets a row of its own length), so a batch becomes one
-or a few rows with little padding, and the masked attention's cost stays bounded. By
+or a few rows with little padding. Attention does not run the mask itself: the packed
+backbone passes each row's calls (one causal SDPA call per answer, over its prefix and
+itself) down to :func:`icon2.model.packed_attention.packed_sdpa`, which computes what the
+mask allows without the blocks it forbids; the mask stays for any attention that does not
+take the calls. By
 causality the hidden state of a prefix position depends only on the prefix, so every real
 position gets the state it gets in the padded batch (to float reordering); the states go
 back into the padded ``[rows, T, d]`` layout (zeros at padding, which every loss masks), so
@@ -34,6 +38,9 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from icon2.model import packed_attention
+from icon2.model.packed_attention import Call, RowCalls, group_calls
+
 _INSTALLED = "_icon2_packed_prefixes"
 
 
@@ -51,6 +58,8 @@ class Packing:
             lengths).
         dest: [M] flat index ``row * T + t`` of that real position in the padded batch.
         tokens: Real (unpadded) positions of the packed rows.
+        calls: Per packed row, its causal attention calls (one per answer; see
+            :mod:`icon2.model.packed_attention`), which give what ``mask`` allows.
     """
 
     input_ids: torch.Tensor
@@ -59,6 +68,7 @@ class Packing:
     source: torch.Tensor
     dest: torch.Tensor
     tokens: int
+    calls: tuple[RowCalls, ...] = ()
 
     @property
     def packed_tokens(self) -> int:
@@ -105,6 +115,7 @@ class _Row:
     segment: list[torch.Tensor] = field(default_factory=list)
     is_prefix: list[torch.Tensor] = field(default_factory=list)
     members: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (row, local idx)
+    calls: list[Call] = field(default_factory=list)
     size: int = 0
 
     def add(self, ids: torch.Tensor, start: int, group: int, prefix: bool) -> int:
@@ -123,8 +134,10 @@ class _Row:
         """Adds batch rows that share their first ``shared`` tokens: the prefix once, then
         each row's remainder; records where each batch row's positions are."""
         at = self.add(rows[0][1][:shared], 0, group, prefix=True)
+        remainders = []
         for row, seq in rows:
             rest_at = self.add(seq[shared:], shared, group, prefix=False)
+            remainders.append((rest_at, seq.numel() - shared))
             local = torch.cat(
                 [
                     torch.arange(at, at + shared),
@@ -132,6 +145,7 @@ class _Row:
                 ]
             )
             self.members.append((row, local))
+        self.calls += group_calls(at, shared, remainders)
 
     def padded(self, parts: list[torch.Tensor], width: int) -> torch.Tensor:
         flat = torch.cat(parts)
@@ -193,6 +207,7 @@ def plan_packing(input_ids: torch.Tensor, lengths: list[int], width: int = PACKE
             ]
         ).to(device),
         tokens=sum(row.size for row in packed),
+        calls=tuple(RowCalls(tuple(row.calls), row.size) for row in packed),
     )
 
 
@@ -235,6 +250,7 @@ def _packed_forward(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
             "input_ids": plan.input_ids,
             "position_ids": plan.position_ids,
             "attention_mask": plan.mask[:, None, :, :],
+            packed_attention.KWARG: plan.calls,
         },
     )
     packed = out.last_hidden_state.reshape(-1, out.last_hidden_state.shape[-1])
@@ -281,6 +297,7 @@ def pack_prefixes(model: PreTrainedModel) -> PackingStats | None:
     if stats is None:
         stats = PackingStats()
         setattr(backbone, _INSTALLED, stats)
+        packed_attention.install()
         # A bound method, not a closure over this module: a deep copy rebinds it to the copy.
         backbone.forward = types.MethodType(_packed_forward, backbone)
     return stats
