@@ -20,12 +20,15 @@ def test_group_calls() -> None:
     assert group_calls(4, 0, [(4, 6)]) == [Call(((4, 6),), 0)]  # a lone row
 
 
-def _plan(width: int) -> Packing:
+def _plan(width: int, odd: bool = False) -> Packing:
     c1, c2, r1, r2 = _pairs()
     # Two more pairs: a chosen answer that is the start of its rejected one, and the reverse.
     c3, r3 = [5, 6, 7, 8, 9, 20], [5, 6, 7, 8, 9, 20, 21]
     c4, r4 = [11, 12, 13, 14], [11, 12, 13]
-    rows = [c1, c2, c3, c4, r1, r2, r3, r4]
+    c5, r5 = [70, 71, 72], [80, 81]  # nothing shared
+    rows = [c1, c2, c3, c4, c5, r1, r2, r3, r4, r5]
+    if odd:
+        rows = rows[:-1]  # every row a group of its own
     ids, mask = _batch(rows)
     return plan_packing(ids, right_padded_lengths(mask) or [], width=width)
 
@@ -36,15 +39,23 @@ def _qkv(plan: Packing) -> list[torch.Tensor]:
     return [torch.randn(rows, 3, size, 8, generator=g) for _ in range(3)]
 
 
-def _masked(plan: Packing, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=plan.mask[:, None])
+def _masked(
+    plan: Packing, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
+) -> torch.Tensor:
+    return torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=plan.mask[:, None], scale=scale
+    )
 
 
-@pytest.mark.parametrize("width", [1024, 8])
-def test_split_attention_gives_what_the_packed_mask_allows(width: int) -> None:
-    plan = _plan(width)
+@pytest.mark.parametrize(
+    ("width", "odd", "scale"), [(1024, False, None), (8, False, 0.3), (1024, True, 0.3)]
+)
+def test_split_attention_gives_what_the_packed_mask_allows(
+    width: int, odd: bool, scale: float | None
+) -> None:
+    plan = _plan(width, odd)
     q, k, v = _qkv(plan)
-    want, got = _masked(plan, q, k, v), split_attention(q, k, v, plan.calls, None)
+    want, got = _masked(plan, q, k, v, scale), split_attention(q, k, v, plan.calls, scale)
     assert got.shape == want.shape and len(plan.calls) == plan.input_ids.shape[0]
     for row, calls in enumerate(plan.calls):
         torch.testing.assert_close(got[row, :, : calls.size], want[row, :, : calls.size])
@@ -82,7 +93,7 @@ def test_the_packed_backbone_runs_split_calls(monkeypatch: pytest.MonkeyPatch) -
     assert len(calls) == model.config.num_hidden_layers  # not packed: transformers' sdpa
 
 
-def test_dropout_and_foreign_calls_take_the_previous_sdpa() -> None:
+def test_dropout_and_foreign_calls_take_the_previous_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
     model = _model()
     pack_prefixes(model)
     plan = _plan(1024)
@@ -100,6 +111,16 @@ def test_dropout_and_foreign_calls_take_the_previous_sdpa() -> None:
     torch.manual_seed(0)
     want, _ = packed_attention.packed_sdpa(module, q, k, v, mask, dropout=0.5)
     torch.testing.assert_close(dropped, want)
+    scaled, _ = packed_attention.packed_sdpa(module, q, k, v, mask, scaling=0.3, **kw)
+    want = _masked(plan, q, k, v, 0.3).transpose(1, 2)
+    torch.testing.assert_close(scaled[:, :size], want[:, :size])
+    taken: list[dict[str, Any]] = []
+    monkeypatch.setattr(packed_attention, "_previous", [lambda *a, **kwargs: taken.append(kwargs)])
+    for name, value in [("sliding_window", 4), ("softcap", 30.0), ("is_causal", False)]:
+        packed_attention.packed_sdpa(module, q, k, v, mask, **kw, **{name: value})
+        assert taken[-1][name] == value and packed_attention.KWARG not in taken[-1], name
+    assert len(taken) == 3
+    monkeypatch.undo()
     two_rows = {packed_attention.KWARG: plan.calls * 2}  # not this batch's rows
     odd, _ = packed_attention.packed_sdpa(module, q, k, v, mask, **two_rows)
     torch.testing.assert_close(odd, plain)

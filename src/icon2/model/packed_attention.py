@@ -11,8 +11,10 @@ attention call, gradient checkpointing's recomputation included): the first answ
 reads ``prefix + answer_1`` and gives the prefix's outputs too; each later answer's reads
 ``prefix + answer_j`` and keeps its own outputs. Both run SDPA with ``is_causal`` and no
 mask, the path whose kernels skip the blocks above the diagonal. Padding positions get
-zeros (no real query sees them). Calls without the keyword, or with dropout, take the
-``sdpa`` function that was registered before (transformers' own).
+zeros (no real query sees them). Calls without the keyword, with dropout, or with an attention
+argument the split calls do not apply (a window, sinks, soft-capping, a position bias, a
+non-causal module) take the ``sdpa`` function that was registered before (transformers'
+own) with the mask.
 """
 
 from __future__ import annotations
@@ -102,6 +104,17 @@ def split_attention(
 
 _previous: list[Callable[..., Any]] = []
 
+#: Attention arguments the split calls do not apply; a call with any of them set (a model
+#: with a window, sinks, soft-capping or a position bias) runs the mask path instead.
+_UNSUPPORTED = ("position_bias", "sliding_window", "s_aux", "softcap")
+
+
+def _plain(kwargs: dict[str, Any]) -> bool:
+    """Whether the call is plain causal attention, which the split calls compute."""
+    if kwargs.get("is_causal") is False:
+        return False
+    return all(kwargs.get(name) is None for name in _UNSUPPORTED)
+
 
 def packed_sdpa(
     module: torch.nn.Module,
@@ -116,7 +129,7 @@ def packed_sdpa(
     """transformers' attention-function signature: split calls when the packed backbone
     passed them (and no dropout), else the previously registered ``sdpa``."""
     rows = kwargs.pop(KWARG, None)
-    if rows is None or dropout or len(rows) != query.shape[0]:
+    if rows is None or dropout or len(rows) != query.shape[0] or not _plain(kwargs):
         return _previous[0](  # type: ignore[no-any-return]
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
