@@ -18,7 +18,6 @@ Run it on the machine that ran the job, with nothing else running.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -28,6 +27,7 @@ from typing import Annotated, Any
 import polars as pl
 import torch
 import typer
+from bench import _timed
 from trl.data_utils import common_prefix_length
 
 from icon2.core.params import load_params
@@ -66,12 +66,7 @@ class Shapes:
 
 def _best(fn: Callable[[], object], repeats: int = 3) -> float:
     fn()  # warm-up: first calls pay for allocation and kernel selection
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return _timed(fn, repeats)
 
 
 def _gemm_seconds(rows: int, shapes: tuple[tuple[int, int], ...], dtype: torch.dtype,
